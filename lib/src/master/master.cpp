@@ -3,6 +3,7 @@
 #include "edgecqrs/master.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS edgecqrs_meta(key TEXT PRIMARY KEY, value BLOB) WITHO
 CREATE TABLE IF NOT EXISTS edgecqrs_stream(cqrs_id TEXT NOT NULL UNIQUE, next_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS edgecqrs_version(stream INTEGER NOT NULL, key BLOB NOT NULL,
   version INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(stream, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY, stream INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, stream INTEGER NOT NULL,
   kind INTEGER NOT NULL, first_seq INTEGER NOT NULL, n_events INTEGER NOT NULL,
   target TEXT NOT NULL DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS edgecqrs_outbox_seq ON edgecqrs_outbox(stream, first_seq) WHERE kind = 0;
@@ -163,7 +164,7 @@ struct master::impl {
   bool internal_write = false;  // the library's own statements: not captured, not refused
   bool committing = false;
   bool dirty_overflow = false;
-  std::uint64_t unmanaged_refused = 0;
+  std::atomic<std::uint64_t> unmanaged_refused{0};
 
   std::mutex txn_mu;            // held from begin() to commit()/rollback(), and by poll()
   std::unique_lock<std::mutex> txn_lock{txn_mu, std::defer_lock};
@@ -442,7 +443,8 @@ struct master::impl {
     sqlite3_bind_int(s, 2, kind);
     sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(first_seq));
     sqlite3_bind_int64(s, 4, static_cast<sqlite3_int64>(n_events));
-    sqlite3_bind_text(s, 5, target.data(), static_cast<int>(target.size()), SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, target.empty() ? "" : target.data(), static_cast<int>(target.size()),
+                      SQLITE_STATIC);
     if (ext && !ext->empty())
       sqlite3_bind_blob(s, 6, ext->data(), static_cast<int>(ext->size()), SQLITE_STATIC);
     else
@@ -1284,7 +1286,7 @@ std::error_code master::impl::publish_pending() {
     int rc = sqlite3_step(s);
     // Skip records already in flight (after a rewind).
     while (rc == SQLITE_ROW && inflight_ids.count(sqlite3_column_int64(s, 0))) {
-      cursor = std::max(cursor, sqlite3_column_int64(s, 0));
+      cursor = std::max<std::int64_t>(cursor, sqlite3_column_int64(s, 0));
       rc = sqlite3_step(s);
     }
     if (rc == SQLITE_DONE) return {};
@@ -1800,7 +1802,9 @@ void master::stop() {
 
 master_stats master::stats() const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
-  return impl_->st;
+  master_stats s = impl_->st;
+  s.unmanaged_writes_refused = impl_->unmanaged_refused.load();
+  return s;
 }
 
 std::uint64_t master::head_seq(std::string_view cqrs_id) const {
