@@ -67,8 +67,10 @@ bool same_value(const value& a, const value_view& b) { return a == value::from(b
 template <class F>
 std::error_code append_encoded(std::vector<std::uint8_t>& out, F&& enc) {
   std::size_t len = out.size();
-  std::size_t room = std::max<std::size_t>(256, out.capacity() - len);
+  // Most items are small: try a modest window first (resize zero-fills it).
+  std::size_t room = 512;
   for (int attempt = 0; attempt < 16; ++attempt) {
+    if (out.capacity() < len + room) out.reserve(std::max(out.capacity() * 2, len + room));
     out.resize(len + room);
     std::size_t written = 0;
     std::error_code ec = enc(out.data() + len, room, written);
@@ -171,7 +173,7 @@ struct master::impl {
   std::atomic<bool> in_txn{false};
   std::thread::id txn_owner;
 
-  stmt st_version, st_outbox_insert, st_stream_update, st_pending, st_ack, st_delete,
+  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack, st_delete,
       st_version_get;
   std::vector<std::uint8_t> evbuf, grpbuf, msgbuf;
 
@@ -228,8 +230,10 @@ struct master::impl {
     if (ec) return ec;
     if (st_version.prepare(db,
                            "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) "
-                           "VALUES(?1,?2,1,?3) ON CONFLICT(stream,key) DO UPDATE SET "
-                           "version=version+1, updated_ms=?3 RETURNING version") ||
+                           "VALUES(?1,?2,?3,?4)") ||
+        st_version_upd.prepare(db,
+                               "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 "
+                               "WHERE stream=?1 AND key=?2") ||
         st_version_get.prepare(db,
                                "SELECT version, updated_ms FROM edgecqrs_version "
                                "WHERE stream=?1 AND key=?2") ||
@@ -463,20 +467,67 @@ struct master::impl {
     return {};
   }
 
+  // Read then write (not an UPSERT with RETURNING: SQLite allocates and frees a large buffer
+  // per RETURNING step, which dominated the capture profile). A row without an entry is at
+  // version 1 (rows inserted once and never changed, the common case, cost no version write);
+  // a row that was never there (existed_before false) and has no entry becomes version 1.
   std::uint64_t bump_version(table_state& t, const std::string& key, std::int64_t now,
-                             std::error_code& ec) {
-    sqlite3_stmt* s = st_version.get();
+                             bool existed_before, std::error_code& ec) {
+    std::uint64_t v = 0;
+    {
+      sqlite3_stmt* s = st_version_get.get();
+      reset_guard g{s};
+      sqlite3_bind_int64(s, 1, t.stream_id);
+      sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+      int rc = sqlite3_step(s);
+      if (rc == SQLITE_ROW)
+        v = static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
+      else if (rc != SQLITE_DONE) {
+        ec = sql_fail("version");
+        return 0;
+      }
+    }
+    if (v == 0) {
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+      if (!existed_before) return 1;
+#else
+      // Without the pre-update hook a REPLACE over an existing row looks like an insert, so
+      // every insert records its version to let the next change outrank it.
+      if (!existed_before) {
+        sqlite3_stmt* s = st_version.get();
+        reset_guard g{s};
+        sqlite3_bind_int64(s, 1, t.stream_id);
+        sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, 1);
+        sqlite3_bind_int64(s, 4, now);
+        if (sqlite3_step(s) != SQLITE_DONE) ec = sql_fail("version");
+        return ec ? 0 : 1;
+      }
+#endif
+      v = 1;  // existing row without an entry: inserted once, or older than its registration
+      sqlite3_stmt* s = st_version.get();
+      reset_guard g{s};
+      sqlite3_bind_int64(s, 1, t.stream_id);
+      sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+      sqlite3_bind_int64(s, 3, 2);
+      sqlite3_bind_int64(s, 4, now);
+      if (sqlite3_step(s) != SQLITE_DONE) {
+        ec = sql_fail("version");
+        return 0;
+      }
+      return 2;
+    }
+    sqlite3_stmt* s = st_version_upd.get();
     reset_guard g{s};
     sqlite3_bind_int64(s, 1, t.stream_id);
     sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, now);
-    if (sqlite3_step(s) != SQLITE_ROW) {
+    sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(v + 1));
+    sqlite3_bind_int64(s, 4, now);
+    if (sqlite3_step(s) != SQLITE_DONE) {
       ec = sql_fail("version");
       return 0;
     }
-    auto v = static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
-    sqlite3_step(s);
-    return v;
+    return v + 1;
   }
 
   // Encodes the final state of one dirty row into evbuf; `emitted` false when nothing is sent.
@@ -503,7 +554,7 @@ struct master::impl {
   // ---------- sync rows (manual sync, re-sync, dump) ----------
   // Reads rows of `t` matching where_sql and hands groups of sync events to `emit`.
   std::error_code read_rows(table_state& t, std::string_view where_sql,
-                            const std::vector<sql_param>& params, bool write_versions,
+                            const std::vector<sql_param>& params,
                             const std::function<std::error_code(std::int64_t t0, std::size_t n,
                                                                 const std::uint8_t* grp,
                                                                 std::size_t size)>& emit,
@@ -842,7 +893,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   std::error_code ec;
   if (rc == SQLITE_DONE) {
     if (!d.existed_before) return {};  // inserted and deleted within the transaction
-    std::uint64_t ver = bump_version(t, d.key, now, ec);
+    std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
     if (ec) return ec;
     value_view pkv[16];
     std::vector<value_view> big;
@@ -899,7 +950,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   }
   row_ref rr{t.sch.columns.data(), vals.data(), ncol};
   // The version counts every committed change, sent or filtered.
-  std::uint64_t ver = bump_version(t, d.key, now, ec);
+  std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
   if (ec) return ec;
   if (t.filter && !t.filter(rr)) return {};
   std::vector<value> owned;
@@ -987,7 +1038,6 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
 
 std::error_code master::impl::read_rows(
     table_state& t, std::string_view where_sql, const std::vector<sql_param>& params,
-    bool write_versions,
     const std::function<std::error_code(std::int64_t, std::size_t, const std::uint8_t*,
                                         std::size_t)>& emit,
     std::size_t& rows) {
@@ -1080,10 +1130,6 @@ std::error_code master::impl::read_rows(
         updated = sqlite3_column_int64(vs, 1);
       } else if (vr != SQLITE_DONE) {
         return sql_fail("version read");
-      } else if (write_versions) {
-        std::error_code ec;
-        ver = bump_version(t, key, t0, ec);
-        if (ec) return ec;
       }
     }
     event_view ev;
@@ -1133,7 +1179,7 @@ std::error_code master::impl::sync_locked(table_state& t, std::string_view where
       });
     };
     std::error_code e = read_rows(
-        t, where_sql, params, true,
+        t, where_sql, params,
         [&](std::int64_t, std::size_t n, const std::uint8_t* grp, std::size_t size) {
           if (auto e2 = encode_ext()) return e2;
           if (auto e2 = write_record(t, kind_direct, 0, n, replica, &ext, grp, size, nr, nb))
@@ -1718,7 +1764,7 @@ std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
     ec = m.exec("BEGIN");
     if (!ec) {
       ec = m.read_rows(
-          t, "", {}, false,
+          t, "", {},
           [&](std::int64_t, std::size_t, const std::uint8_t* grp, std::size_t size) {
             out.clear();
             if (auto e = append_encoded(out, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
