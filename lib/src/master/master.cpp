@@ -44,10 +44,9 @@ CREATE TABLE IF NOT EXISTS edgecqrs_meta(key TEXT PRIMARY KEY, value BLOB) WITHO
 CREATE TABLE IF NOT EXISTS edgecqrs_stream(cqrs_id TEXT NOT NULL UNIQUE, next_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS edgecqrs_version(stream INTEGER NOT NULL, key BLOB NOT NULL,
   version INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(stream, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, stream INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY, stream INTEGER NOT NULL,
   kind INTEGER NOT NULL, first_seq INTEGER NOT NULL, n_events INTEGER NOT NULL,
   target TEXT NOT NULL DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS edgecqrs_outbox_seq ON edgecqrs_outbox(stream, first_seq) WHERE kind = 0;
 )";
 
 bool ieq(std::string_view a, std::string_view b) {
@@ -179,7 +178,7 @@ struct master::impl {
   std::atomic<bool> in_txn{false};
   std::thread::id txn_owner;
 
-  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack, st_delete,
+  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
       st_version_get;
   std::vector<std::uint8_t> evbuf, grpbuf, msgbuf;
 
@@ -209,6 +208,7 @@ struct master::impl {
 
   // outbox accounting (changed only under txn_mu)
   std::uint64_t pending_records = 0, pending_bytes = 0, kept_records = 0, kept_bytes = 0;
+  bool acked_other = true;  // acknowledged non-stream rows may await deletion
   // publisher
   std::int64_t cursor = 0;
   std::map<std::uint64_t, inflight_msg> inflight;
@@ -274,13 +274,12 @@ struct master::impl {
         st_pending.prepare(db,
                            "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
                            "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
-        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1") ||
-        st_delete.prepare(db, "DELETE FROM edgecqrs_outbox WHERE id=?1"))
+        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"))
       return sql_fail("prepare");
     stmt q;
     if (q.prepare(db,
-                  "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox GROUP BY "
-                  "acked"))
+                  "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
+                  "WHERE acked=0 OR kind=0 GROUP BY acked"))
       return sql_fail("outbox count");
     while (sqlite3_step(q.get()) == SQLITE_ROW) {
       auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
@@ -940,6 +939,14 @@ std::error_code master::impl::register_table(const table_options& o) {
     if (sqlite3_step(sel.get()) != SQLITE_ROW) return sql_fail("stream");
     tp->stream_id = sqlite3_column_int64(sel.get(), 0);
     tp->next_seq = static_cast<std::uint64_t>(sqlite3_column_int64(sel.get(), 1));
+    stmt mx;
+    if (mx.prepare(db, "SELECT max(first_seq + n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
+                       "stream=?1"))
+      return sql_fail("stream");
+    sqlite3_bind_int64(mx.get(), 1, tp->stream_id);
+    if (sqlite3_step(mx.get()) == SQLITE_ROW && sqlite3_column_type(mx.get(), 0) != SQLITE_NULL)
+      tp->next_seq = std::max(tp->next_seq,
+                              static_cast<std::uint64_t>(sqlite3_column_int64(mx.get(), 0)));
     return enqueue_schema(*tp, nr, nb);
   });
   if (ec) return ec;
@@ -1152,13 +1159,8 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
     }
     if (n)
       if (auto ec = emit_stream_chunk(t, now, n, new_records, new_bytes)) return ec;
-    if (t.next_seq != t.saved_next_seq) {
-      sqlite3_stmt* s = st_stream_update.get();
-      reset_guard g{s};
-      sqlite3_bind_int64(s, 1, t.stream_id);
-      sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(t.next_seq));
-      if (sqlite3_step(s) != SQLITE_DONE) return sql_fail("stream seq");
-    }
+    // The stream's next seq is not written per commit (one page less in every commit): it is
+    // derived from the outbox at startup, and stored before records are pruned.
   }
   return {};
 }
@@ -1383,7 +1385,9 @@ std::error_code master::impl::handle_completions() {
   if (!ec) {
     for (auto& m : acked) {
       for (std::size_t i = 0; i < m.ids.size() && !ec; ++i) {
-        sqlite3_stmt* s = m.kinds[i] == kind_stream ? st_ack.get() : st_delete.get();
+        // Every kind is marked, never deleted here: the newest row must stay so that SQLite
+        // never reuses an id (the publisher's cursor relies on ids only growing).
+        sqlite3_stmt* s = st_ack.get();
         reset_guard g{s};
         sqlite3_bind_int64(s, 1, m.ids[i]);
         if (sqlite3_step(s) != SQLITE_DONE) {
@@ -1396,6 +1400,8 @@ std::error_code master::impl::handle_completions() {
         if (m.kinds[i] == kind_stream) {
           ++kr;
           kb += m.bytes[i];
+        } else {
+          acked_other = true;
         }
       }
     }
@@ -1416,32 +1422,61 @@ std::error_code master::impl::handle_completions() {
 }
 
 std::error_code master::impl::prune() {
-  if (kept_records <= cfg.replay_keep_records && kept_bytes <= cfg.replay_keep_bytes) return {};
-  stmt q;
-  if (q.prepare(db, "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 ORDER BY id"))
-    return sql_fail("prune");
-  std::uint64_t kr = kept_records, kb = kept_bytes;
+  bool streams = kept_records > cfg.replay_keep_records || kept_bytes > cfg.replay_keep_bytes;
+  if (!streams && !acked_other) return {};
+  std::int64_t max_id = 0;
+  {
+    stmt q;
+    if (q.prepare(db, "SELECT max(id) FROM edgecqrs_outbox")) return sql_fail("prune");
+    if (sqlite3_step(q.get()) == SQLITE_ROW) max_id = sqlite3_column_int64(q.get(), 0);
+  }
   std::int64_t upto = 0;
   std::uint64_t dr = 0, db_bytes = 0;
-  while ((kr > cfg.replay_keep_records || kb > cfg.replay_keep_bytes) &&
-         sqlite3_step(q.get()) == SQLITE_ROW) {
-    upto = sqlite3_column_int64(q.get(), 0);
-    auto b = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
-    --kr;
-    kb -= std::min(kb, b);
-    ++dr;
-    db_bytes += b;
+  if (streams) {
+    stmt q;
+    if (q.prepare(db, "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 AND kind=0 "
+                      "ORDER BY id"))
+      return sql_fail("prune");
+    std::uint64_t kr = kept_records, kb = kept_bytes;
+    while ((kr > cfg.replay_keep_records || kb > cfg.replay_keep_bytes) &&
+           sqlite3_step(q.get()) == SQLITE_ROW) {
+      std::int64_t id = sqlite3_column_int64(q.get(), 0);
+      if (id >= max_id) break;
+      upto = id;
+      auto b = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+      --kr;
+      kb -= std::min(kb, b);
+      ++dr;
+      db_bytes += b;
+    }
   }
-  sqlite3_reset(q.get());
-  if (!upto) return {};
-  stmt del;
-  if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND id<=?1"))
-    return sql_fail("prune");
-  sqlite3_bind_int64(del.get(), 1, upto);
-  internal_write = true;
-  int rc = sqlite3_step(del.get());
-  internal_write = false;
-  if (rc != SQLITE_DONE) return sql_fail("prune");
+  std::error_code ec = internal_txn([&](std::uint64_t&, std::uint64_t&) -> std::error_code {
+    if (upto) {
+      // Pruned records no longer tell the stream's head: store it first.
+      for (auto& tp : tables) {
+        sqlite3_stmt* su = st_stream_update.get();
+        reset_guard g{su};
+        sqlite3_bind_int64(su, 1, tp->stream_id);
+        sqlite3_bind_int64(su, 2, static_cast<sqlite3_int64>(tp->next_seq));
+        if (sqlite3_step(su) != SQLITE_DONE) return sql_fail("stream seq");
+      }
+      stmt del;
+      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
+        return sql_fail("prune");
+      sqlite3_bind_int64(del.get(), 1, upto);
+      if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
+    }
+    if (acked_other) {
+      stmt del;
+      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind<>0 AND id<?1"))
+        return sql_fail("prune");
+      sqlite3_bind_int64(del.get(), 1, max_id);
+      if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
+    }
+    return std::error_code{};
+  });
+  if (ec) return ec;
+  acked_other = false;
   kept_records -= std::min(kept_records, dr);
   kept_bytes -= std::min(kept_bytes, db_bytes);
   return {};
