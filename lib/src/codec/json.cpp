@@ -77,11 +77,18 @@ void put_value(std::string& o, const value& v) {
         o += d < 0 ? "\"-Infinity\"" : "\"Infinity\"";
       } else {
         // The shortest text that reads back to the same double keeps the output readable
-        // (21.5, not 21.500000000000000); 17 digits always round-trip.
-        char b[32];
-        for (int prec = 1; prec <= 17; ++prec) {
+        // (21.5, not 21.500000000000000); plain decimals in the everyday range, else %g.
+        char b[40];
+        bool done = false;
+        if (std::fabs(d) >= 1e-4 && std::fabs(d) < 1e15) {
+          for (int prec = 1; prec <= 17 && !done; ++prec) {
+            std::snprintf(b, sizeof b, "%.*f", prec, d);
+            done = std::strtod(b, nullptr) == d;
+          }
+        }
+        for (int prec = 1; prec <= 17 && !done; ++prec) {
           std::snprintf(b, sizeof b, "%.*g", prec, d);
-          if (std::strtod(b, nullptr) == d) break;
+          done = std::strtod(b, nullptr) == d;
         }
         std::string_view sv(b);
         o += sv;
