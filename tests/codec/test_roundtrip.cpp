@@ -203,6 +203,7 @@ TEST_CASE("every proper prefix of a valid encoding is rejected as truncated") {
     message m = g.any_message();
     if (m.events.size() > 4) m.events.resize(4);  // keep the quadratic loop fast
     const bytes b = encode(m);
+    if (b.size() > 1024) continue;  // long strings add nothing here but time
     for (std::size_t len = 0; len < b.size(); ++len) {
       message out;
       const auto ec = decode_message(b.data(), len, out);
