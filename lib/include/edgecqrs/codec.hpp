@@ -90,7 +90,8 @@ std::error_code encode_message_ext(const message& m, std::uint8_t* buf, std::siz
                                    std::size_t& written) noexcept;
 
 // Readable one-line JSON of a decoded message (column names from `s` when given, else
-// positional). Bytes are base64, non-finite reals are strings ("NaN", "Infinity").
+// positional). BLOBs are {"b64": "<base64>"}, non-finite reals are strings ("NaN", "Infinity",
+// "-Infinity"). Returns an empty string only when memory runs out.
 std::string to_json(const message& m, const schema* s = nullptr);
 
 }  // namespace edgecqrs

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 #include <string>
 
 #include "edgecqrs/codec.hpp"
@@ -108,7 +109,9 @@ void put_value(std::string& o, const value& v) {
 
 }  // namespace
 
-std::string to_json(const message& m, const schema* s) {
+namespace {
+
+std::string json_of(const message& m, const schema* s) {
   if (s && s->schema_tag != m.schema_tag) s = nullptr;  // another stream's names would mislead
   std::string o;
   o.reserve(64 + 48 * m.events.size());
@@ -203,6 +206,17 @@ std::string to_json(const message& m, const schema* s) {
   }
   o += "]}";
   return o;
+}
+
+}  // namespace
+
+// No exception crosses the public API: out of memory gives an empty string.
+std::string to_json(const message& m, const schema* s) {
+  try {
+    return json_of(m, s);
+  } catch (const std::bad_alloc&) {
+    return {};
+  }
 }
 
 }  // namespace edgecqrs
