@@ -106,7 +106,7 @@ TEST_CASE("publisher keeps its window and removes records only after the ack") {
   for (std::size_t i = 0; i < sq.size(); ++i) CHECK(sq[i] == i + 1);
 }
 
-TEST_CASE("publisher retries with exponential backoff; lost and failed acks are resent") {
+TEST_CASE("publisher retries with exponential backoff, lost and failed acks are resent") {
   master_config cfg;
   cfg.backoff_initial_ms = 100;
   cfg.backoff_max_ms = 1000;

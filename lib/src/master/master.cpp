@@ -499,6 +499,16 @@ struct master::impl {
     bool fresh = false;
     m->touch(it->second, &k, op != SQLITE_INSERT, fresh);
   }
+  // The update hook reports an UPDATE that changes the rowid under the new rowid only; a TEMP
+  // trigger per table reports the old one through this function.
+  static void fn_key_gone(sqlite3_context* ctx, int, sqlite3_value** argv) {
+    auto* m = static_cast<impl*>(sqlite3_user_data(ctx));
+    auto ix = static_cast<std::size_t>(sqlite3_value_int64(argv[0]));
+    if (m->internal_write || ix >= m->tables.size() || !m->tables[ix]->produce) return;
+    value_view k = value_view::integer(sqlite3_value_int64(argv[1]));
+    bool fresh = false;
+    m->touch(m->tables[ix].get(), &k, true, fresh);
+  }
 #endif
 
   static int on_commit(void* ctx) {
@@ -684,6 +694,8 @@ void master::impl::install_hooks() {
   sqlite3_preupdate_hook(db, &impl::on_preupdate, this);
 #else
   sqlite3_update_hook(db, &impl::on_update, this);
+  sqlite3_create_function_v2(db, "edgecqrs_key_gone", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, this,
+                             &impl::fn_key_gone, nullptr, nullptr, nullptr);
 #endif
   sqlite3_commit_hook(db, &impl::on_commit, this);
   sqlite3_rollback_hook(db, &impl::on_rollback, this);
@@ -950,8 +962,24 @@ std::error_code master::impl::register_table(const table_options& o) {
     return enqueue_schema(*tp, nr, nb);
   });
   if (ec) return ec;
-  by_table[canon] = tp;
-  by_id[o.cqrs_id] = tp;
+#ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
+  {
+    std::string trig = "CREATE TEMP TRIGGER IF NOT EXISTS " +
+                       quote_ident("edgecqrs_key_gone_" + std::to_string(tp->index)) +
+                       " AFTER UPDATE ON main." + quote_ident(canon) +
+                       " WHEN old.rowid IS NOT new.rowid BEGIN SELECT edgecqrs_key_gone(" +
+                       std::to_string(tp->index) + ", old.rowid); END";
+    internal_write = true;
+    std::error_code te = exec(trig.c_str());
+    internal_write = false;
+    if (te) return te;
+  }
+#endif
+  {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    by_table[canon] = tp;
+    by_id[o.cqrs_id] = tp;
+  }
   by_stream[tp->stream_id] = tp;
   tables.push_back(std::move(t));
   if (tx) subscribe_control(*tp);
