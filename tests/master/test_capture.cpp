@@ -130,7 +130,10 @@ TEST_CASE("capture: an UPDATE changing the primary key is delete old + save new"
   // pre-update hook build reports the old key first).
   std::size_t del = ev[1].kind == event_kind::remove ? 1 : 2;
   check_event(ev[del], event_kind::remove, 2, {I(1)});
-  check_event(ev[3 - del], event_kind::save, 1, {I(5), T("a"), R(1), I(1)});
+  // Without the pre-update hook the update hook reports the new key as an UPDATE, so it starts
+  // at version 2 (still above anything a replica has for it).
+  check_event(ev[3 - del], event_kind::save, master::has_preupdate_hook() ? 1 : 2,
+              {I(5), T("a"), R(1), I(1)});
   if (master::has_preupdate_hook()) CHECK(del == 1);
 }
 
