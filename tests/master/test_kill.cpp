@@ -76,6 +76,8 @@ TEST_CASE("kill -9 during a write loop loses nothing committed, keeps nothing un
     ::waitpid(pid, &status, 0);
     long reported = read_reported(fds[0]);
     ::close(fds[0]);
+    INFO("child status " << status << (WIFEXITED(status) ? " exited " : " signalled ")
+                         << (WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status)));
     REQUIRE(WIFSIGNALED(status));
     if (reported) {
       reported_total += (reported - next_id + 1);

@@ -167,7 +167,10 @@ struct master::impl {
 
   // capture state (touched by SQLite hooks on the writing thread)
   std::vector<dirty_row> dirty;
-  std::unordered_map<std::string, std::size_t> dirty_index;
+  // Open addressing over indices into `dirty` (no allocation per row): slot = index + 1, 0 empty.
+  std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
+  std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
+  std::vector<value_view> vals_scratch;
   bool internal_write = false;  // the library's own statements: not captured, not refused
   bool committing = false;
   bool dirty_overflow = false;
@@ -372,18 +375,31 @@ struct master::impl {
   dirty_row* touch(table_state* t, const value_view* pk, bool existed_before, bool& fresh) {
     fresh = false;
     std::string key = encode_key(pk, t->pk_table_cols.size());
-    std::string ikey;
-    ikey.reserve(key.size() + 4);
-    auto tix = static_cast<std::uint32_t>(t->index);
-    ikey.append(reinterpret_cast<const char*>(&tix), sizeof tix);
-    ikey += key;
-    auto it = dirty_index.find(ikey);
-    if (it != dirty_index.end()) return &dirty[it->second];
+    std::uint64_t h = key_hash(static_cast<std::int64_t>(t->index), key);
+    std::size_t mask = dirty_slots.size() - 1;
+    std::size_t pos = static_cast<std::size_t>(h) & mask;
+    while (std::uint32_t slot = dirty_slots[pos]) {
+      dirty_row& e = dirty[slot - 1];
+      if (dirty_hashes[slot - 1] == h && e.t == t && e.key == key) return &e;
+      pos = (pos + 1) & mask;
+    }
     if (dirty.size() >= cfg.max_rows_per_transaction) {
       dirty_overflow = true;
       return nullptr;
     }
-    dirty_index.emplace(std::move(ikey), dirty.size());
+    dirty_slots[pos] = static_cast<std::uint32_t>(dirty.size() + 1);
+    dirty_hashes.push_back(h);
+    if ((dirty.size() + 1) * 2 > dirty_slots.size()) {
+      // Keep the load under one half: rebuild at twice the size.
+      std::vector<std::uint32_t> bigger(dirty_slots.size() * 2);
+      std::size_t m2 = bigger.size() - 1;
+      for (std::size_t i = 0; i < dirty_hashes.size(); ++i) {
+        std::size_t p2 = static_cast<std::size_t>(dirty_hashes[i]) & m2;
+        while (bigger[p2]) p2 = (p2 + 1) & m2;
+        bigger[p2] = static_cast<std::uint32_t>(i + 1);
+      }
+      dirty_slots.swap(bigger);
+    }
     dirty_row d;
     d.t = t;
     d.key = std::move(key);
@@ -397,7 +413,9 @@ struct master::impl {
 
   void clear_dirty() {
     dirty.clear();
-    dirty_index.clear();
+    dirty_hashes.clear();
+    if (dirty_slots.size() > 4096) dirty_slots = std::vector<std::uint32_t>(1024);
+    else std::fill(dirty_slots.begin(), dirty_slots.end(), 0u);
     dirty_overflow = false;
     rollback_to_seen = false;
     cached_bytes = 0;
@@ -1093,7 +1111,8 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     if (same) return {};
   }
   std::size_t ncol = t.sch.columns.size();
-  std::vector<value_view> vals(ncol);
+  std::vector<value_view>& vals = vals_scratch;
+  vals.assign(ncol, value_view::null());
   sqlite3_stmt* rc_stmt = nullptr;
   reset_guard g2{nullptr};
   if (!t.serializer_sql.empty()) {
