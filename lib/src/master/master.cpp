@@ -113,6 +113,7 @@ struct master::impl {
     stmt read_custom;                         // serializer_sql
     std::uint64_t next_seq = 1;
     std::uint64_t saved_next_seq = 1;
+    std::atomic<std::uint64_t> head{0};        // last committed seq, for other threads
     std::int64_t last_publish_ms = 0;
     std::string event_topic, schema_topic, control_topic;
   };
@@ -698,6 +699,10 @@ struct master::impl {
   std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
                                                                    std::uint64_t&)>& body);
   std::error_code subscribe_control(table_state& t);
+  bool sink_has_work() {
+    std::lock_guard<std::mutex> lk(snk->mu);
+    return !snk->done.empty() || !snk->control.empty();
+  }
   void wake_bg() {
     std::lock_guard<std::mutex> lk(bg_mu);
     bg_wake = true;
@@ -999,6 +1004,7 @@ std::error_code master::impl::register_table(const table_options& o) {
     by_id[o.cqrs_id] = tp;
   }
   by_stream[tp->stream_id] = tp;
+  tp->head = tp->next_seq - 1;
   tables.push_back(std::move(t));
   if (tx) subscribe_control(*tp);
   return {};
@@ -1902,6 +1908,7 @@ std::error_code master::commit() {
   } else {
     m.pending_records += nr;
     m.pending_bytes += nb;
+    for (auto& t : m.tables) t->head = t->next_seq - 1;
     std::lock_guard<std::mutex> lk(m.stats_mu);
     if (ne) ++m.st.transactions;
     m.st.events += ne;
@@ -2034,7 +2041,7 @@ std::error_code master::start(std::int64_t interval_ms) {
     std::unique_lock<std::mutex> lk(m.bg_mu);
     while (!m.bg_stop) {
       m.bg_cv.wait_for(lk, std::chrono::milliseconds(std::max<std::int64_t>(1, interval_ms)),
-                       [&] { return m.bg_stop || m.bg_wake; });
+                       [&] { return m.bg_stop || m.bg_wake || m.sink_has_work(); });
       m.bg_wake = false;
       if (m.bg_stop) break;
       lk.unlock();
@@ -2070,7 +2077,7 @@ master_stats master::stats() const {
 std::uint64_t master::head_seq(std::string_view cqrs_id) const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
   auto it = impl_->by_id.find(cqrs_id);
-  return it == impl_->by_id.end() ? 0 : it->second->next_seq - 1;
+  return it == impl_->by_id.end() ? 0 : it->second->head.load();
 }
 
 std::string master::last_error_message() const { return impl_->last_error; }
