@@ -172,6 +172,7 @@ struct master::impl {
   std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
   std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
   std::vector<value_view> vals_scratch;
+  std::size_t n_dirty = 0;  // entries of `dirty` in use
   bool internal_write = false;  // the library's own statements: not captured, not refused
   bool committing = false;
   bool dirty_overflow = false;
@@ -384,13 +385,13 @@ struct master::impl {
       if (dirty_hashes[slot - 1] == h && e.t == t && e.key == key) return &e;
       pos = (pos + 1) & mask;
     }
-    if (dirty.size() >= cfg.max_rows_per_transaction) {
+    if (n_dirty >= cfg.max_rows_per_transaction) {
       dirty_overflow = true;
       return nullptr;
     }
-    dirty_slots[pos] = static_cast<std::uint32_t>(dirty.size() + 1);
+    dirty_slots[pos] = static_cast<std::uint32_t>(n_dirty + 1);
     dirty_hashes.push_back(h);
-    if ((dirty.size() + 1) * 2 > dirty_slots.size()) {
+    if ((n_dirty + 1) * 2 > dirty_slots.size()) {
       // Keep the load under one half: rebuild at twice the size.
       std::vector<std::uint32_t> bigger(dirty_slots.size() * 2);
       std::size_t m2 = bigger.size() - 1;
@@ -401,19 +402,26 @@ struct master::impl {
       }
       dirty_slots.swap(bigger);
     }
-    dirty_row d;
+    // Entries are reused across transactions so their buffers keep their capacity (no
+    // allocation per row in steady state); the pool shrinks when it grew large.
+    if (n_dirty == dirty.size()) dirty.emplace_back();
+    dirty_row& d = dirty[n_dirty++];
     d.t = t;
-    d.key = std::move(key);
+    d.key.swap(key);
     d.existed_before = existed_before;
-    d.pk.reserve(t->pk_table_cols.size());
-    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk.push_back(value::from(pk[i]));
-    dirty.push_back(std::move(d));
+    d.have_old = false;
+    d.old.clear();
+    d.final_state = 0;
+    d.fin.clear();
+    d.pk.resize(t->pk_table_cols.size());
+    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk[i] = value::from(pk[i]);
     fresh = true;
-    return &dirty.back();
+    return &d;
   }
 
   void clear_dirty() {
-    dirty.clear();
+    n_dirty = 0;
+    if (dirty.size() > 4096) dirty.clear();
     dirty_hashes.clear();
     if (dirty_slots.size() > 4096) dirty_slots = std::vector<std::uint32_t>(1024);
     else std::fill(dirty_slots.begin(), dirty_slots.end(), 0u);
@@ -533,7 +541,7 @@ struct master::impl {
   static int on_commit(void* ctx) {
     auto* m = static_cast<impl*>(ctx);
     if (m->committing || m->internal_write) return 0;
-    if (m->dirty.empty() && !m->dirty_overflow) return 0;
+    if (m->n_dirty == 0 && !m->dirty_overflow) return 0;
     // A commit that bypasses master::commit() would publish nothing: refuse it.
     ++m->unmanaged_refused;
     return 1;
@@ -1188,11 +1196,11 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
     last_error = "more than max_rows_per_transaction rows changed in one transaction";
     return make_error_code(errc::outbox_full);
   }
-  if (dirty.empty()) return {};
+  if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
   // Stable grouping per table, in order of first change.
   std::vector<std::vector<std::size_t>> per_table(tables.size());
-  for (std::size_t i = 0; i < dirty.size(); ++i) per_table[dirty[i].t->index].push_back(i);
+  for (std::size_t i = 0; i < n_dirty; ++i) per_table[dirty[i].t->index].push_back(i);
   for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   for (std::size_t ti = 0; ti < tables.size(); ++ti) {
     if (per_table[ti].empty()) continue;
