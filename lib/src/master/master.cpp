@@ -470,9 +470,8 @@ struct master::impl {
                            sqlite3_int64, sqlite3_int64) {
     auto* m = static_cast<impl*>(ctx);
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
-    auto it = m->by_table.find(ztab);
-    if (it == m->by_table.end() || !it->second->produce) return;
-    table_state* t = it->second;
+    table_state* t = m->lookup_table(ztab);
+    if (!t || !t->produce) return;
     std::size_t npk = t->pk_table_cols.size();
     value_view oldk[16], newk[16];
     std::vector<value_view> big_old, big_new;
@@ -707,6 +706,19 @@ struct master::impl {
   std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
                                                                    std::uint64_t&)>& body);
   std::error_code subscribe_control(table_state& t);
+  // The hooks name the table with SQLite's own (stable) string: remember the last one.
+  const char* last_name = nullptr;
+  table_state* last_table = nullptr;
+  table_state* lookup_table(const char* ztab) {
+    if (ztab == last_name && last_table && last_table->table == ztab) return last_table;
+    auto it = by_table.find(ztab);
+    table_state* t = it == by_table.end() ? nullptr : it->second;
+    if (t) {
+      last_name = ztab;
+      last_table = t;
+    }
+    return t;
+  }
   bool sink_has_work() {
     std::lock_guard<std::mutex> lk(snk->mu);
     return !snk->done.empty() || !snk->control.empty();
