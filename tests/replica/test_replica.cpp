@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -462,18 +463,13 @@ TEST_CASE("unknown schema tag: parked, schema requested, applied when the schema
 
 TEST_CASE("handler failures retry with backoff, survive a restart, then dead-letter") {
   fixture f;
-  int fail = 100;
-  int calls = 0;
+  std::set<std::int64_t> broken{2};
   auto make = [&] {
     table_options t = fixture::default_table();
     t.on_create = [&](const change& c) -> std::error_code {
-      ++calls;
-      if (fail > 0) {
-        --fail;
-        return make_error_code(std::errc::io_error);
-      }
-      std::string sql = "INSERT INTO items(id, name) VALUES(" +
-                        std::to_string(c.values[0].v->as_integer()) + ", 'by handler')";
+      std::int64_t id = c.values[0].v->as_integer();
+      if (broken.count(id)) return make_error_code(std::errc::io_error);
+      std::string sql = "INSERT INTO items(id, name) VALUES(" + std::to_string(id) + ", 'h')";
       return sqlite3_exec(c.db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK
                  ? std::error_code{}
                  : make_error_code(errc::apply_failed);
@@ -484,7 +480,6 @@ TEST_CASE("handler failures retry with backoff, survive a restart, then dead-let
   f.open(make());
   f.ready();
   // Two events: the good one commits, the failing one goes to the retry table.
-  fail = 1;
   CHECK_FALSE(f.send(msg(f.sch, 1, {save(1, {I(1), T("a"), I(1)}), save(1, {I(2), T("b"), I(1)})})));
   CHECK(f.rows().size() == 1);
   std::size_t pending = 0;
@@ -496,6 +491,7 @@ TEST_CASE("handler failures retry with backoff, survive a restart, then dead-let
   f.open(make());            // restart: retry state is in SQLite
   REQUIRE_FALSE(f.r->pending_retries(pending));
   CHECK(pending == 1);
+  broken.clear();
   CHECK_FALSE(f.r->poll());
   CHECK(f.rows().size() == 1);  // not due yet
   f.clk.advance(f.ro.retry_initial_ms);
@@ -504,7 +500,7 @@ TEST_CASE("handler failures retry with backoff, survive a restart, then dead-let
   CHECK(f.r->stats().retries_succeeded == 1);
 
   // Exhausted: dead letter with key, reason and the event's bytes.
-  fail = 100;
+  broken.insert(3);
   CHECK_FALSE(f.send(msg(f.sch, 3, {save(1, {I(3), T("c"), I(1)})})));
   for (int i = 0; i < 10; ++i) {
     f.clk.advance(f.ro.retry_max_ms);
@@ -525,7 +521,7 @@ TEST_CASE("handler failures retry with backoff, survive a restart, then dead-let
                                dl[0].raw.size(), back));
   CHECK(back.first_seq == 3);
   // Operator retry after the cause is fixed.
-  fail = 0;
+  broken.clear();
   CHECK_FALSE(f.r->retry_dead_letter(dl[0].id));
   CHECK(f.rows().size() == 3);
 }

@@ -926,7 +926,7 @@ struct replica::impl {
         mark_seen(p, m.first_seq, m.first_seq + n - 1, opts.max_seen_ranges);
       }
     }
-    if (n == 0) {
+    if (n == 0 && !(m.has_resync && direct)) {
       if (p.head == s.prog.head) return {};
       if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
       std::error_code ec = save_stream(s, p);
@@ -941,7 +941,7 @@ struct replica::impl {
       return {};
     }
     // Whole-message checks first: a message is applied entirely or not at all.
-    if (pl->problem)
+    if (pl->problem && n > 0)
       return dead_letter_message(s.cqrs_id, topic, pl->problem, pl->problem_detail, data, size,
                                  mo.dead_letter_id, &s, &p);
     if (!mo.ignore_expiry && m.expires_ms != 0 && m.expires_ms <= now())
