@@ -40,14 +40,14 @@ struct fixture {
     r.reset();
     sqlite3_close(db);
   }
-  void open(table_options t = default_table()) {
+  void open(replica_table_options t = default_table()) {
     r.reset();
     REQUIRE_FALSE(replica::open(db, ro, r));
     REQUIRE_FALSE(r->register_table("items", std::move(t)));
     REQUIRE_FALSE(r->attach(tp));
   }
-  static table_options default_table() {
-    table_options t;
+  static replica_table_options default_table() {
+    replica_table_options t;
     t.local_table = "items";
     return t;
   }
@@ -85,17 +85,17 @@ TEST_CASE("open and register validate names, tables and mapped columns") {
   bad.topic_prefix = "x/+";
   CHECK(replica::open(f.db, bad, r) == make_error_code(errc::invalid_topic_prefix));
   REQUIRE_FALSE(replica::open(f.db, f.ro, r));
-  table_options t;
+  replica_table_options t;
   t.local_table = "items";
   CHECK(r->register_table("it#ems", t) == make_error_code(errc::invalid_cqrs_id));
-  table_options missing;
+  replica_table_options missing;
   missing.local_table = "nope";
   CHECK(r->register_table("x", missing) == make_error_code(errc::unknown_table));
-  table_options badmap = t;
+  replica_table_options badmap = t;
   badmap.mapping = {{"title", "no_such_column"}};
   CHECK(r->register_table("x", badmap) == make_error_code(errc::unknown_column));
   CHECK(r->last_error().find("no_such_column") != std::string::npos);
-  CHECK(r->register_table("x", table_options{}) == make_error_code(errc::invalid_argument));
+  CHECK(r->register_table("x", replica_table_options{}) == make_error_code(errc::invalid_argument));
   CHECK_FALSE(r->register_table("items", t));
   CHECK(r->register_table("items", t) == make_error_code(errc::duplicate_cqrs_id));
 }
@@ -194,7 +194,7 @@ TEST_CASE("primary-key change arrives as delete of the old key and save of the n
 
 TEST_CASE("mapping renames columns, unknown remote columns are ignored or rejected") {
   fixture f("CREATE TABLE items(pk INTEGER PRIMARY KEY, title TEXT NOT NULL, qty INTEGER)");
-  table_options t;
+  replica_table_options t;
   t.local_table = "items";
   t.mapping = {{"id", "pk"}, {"name", "title"}};
   f.open(t);
@@ -206,7 +206,7 @@ TEST_CASE("mapping renames columns, unknown remote columns are ignored or reject
   CHECK(dump(f.db, "SELECT pk, title, qty FROM items") == std::vector<std::string>{"1|'a'|2"});
 
   fixture g("CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)");
-  table_options strict = fixture::default_table();
+  replica_table_options strict = fixture::default_table();
   strict.unknown_columns = unknown_column_policy::reject;
   g.open(strict);
   g.sch = s;
@@ -222,7 +222,7 @@ TEST_CASE("mapping renames columns, unknown remote columns are ignored or reject
 
   // An explicit drop ("") is not an unknown column.
   fixture h;
-  table_options drop = strict;
+  replica_table_options drop = strict;
   drop.mapping = {{"colour", ""}};
   h.open(drop);
   h.sch = s;
@@ -266,7 +266,7 @@ TEST_CASE("a required local column the events do not carry is reported clearly")
 TEST_CASE("handlers get mapped values, previous values, meta and is_sync; no-DB mode") {
   fixture f;
   std::vector<std::string> calls;
-  table_options t;  // no local table: handlers only
+  replica_table_options t;  // no local table: handlers only
   t.mapping = {{"name", "label"}};
   t.pass_meta = true;
   auto describe = [&](const char* what, const change& c) {
@@ -308,7 +308,7 @@ TEST_CASE("handlers get mapped values, previous values, meta and is_sync; no-DB 
 
 TEST_CASE("only-direct-syncs ignores broadcast syncs; direct messages for others are ignored") {
   fixture f;
-  table_options t = fixture::default_table();
+  replica_table_options t = fixture::default_table();
   t.only_direct_syncs = true;
   f.open(t);
   f.ready();
@@ -465,7 +465,7 @@ TEST_CASE("handler failures retry with backoff, survive a restart, then dead-let
   fixture f;
   std::set<std::int64_t> broken{2};
   auto make = [&] {
-    table_options t = fixture::default_table();
+    replica_table_options t = fixture::default_table();
     t.on_create = [&](const change& c) -> std::error_code {
       std::int64_t id = c.values[0].v->as_integer();
       if (broken.count(id)) return make_error_code(std::errc::io_error);
@@ -646,7 +646,7 @@ TEST_CASE("tombstones are pruned after the retention time once below the checkpo
 
 TEST_CASE("identifiers are quoted and never taken from the wire; values are bound") {
   fixture f("CREATE TABLE \"we\"\"ird\"(\"k ey\" TEXT PRIMARY KEY, \"v;al\" BLOB)");
-  table_options t;
+  replica_table_options t;
   t.local_table = "we\"ird";
   t.mapping = {{"k", "k ey"}, {"v", "v;al"}};
   REQUIRE_FALSE(replica::open(f.db, f.ro, f.r));

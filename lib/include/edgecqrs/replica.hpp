@@ -55,7 +55,7 @@ struct change {
   std::vector<column_value> values;
   // Old values of tracked columns that changed (mapped; unmapped ones are left out).
   std::vector<column_value> previous;
-  // Application metadata; nullptr unless table_options::pass_meta.
+  // Application metadata; nullptr unless replica_table_options::pass_meta.
   const std::vector<std::pair<std::string, value>>* meta = nullptr;
   // The replica's connection, inside the apply transaction (a savepoint is open around the
   // handler on the retry path); nullptr in no-DB mode. Do not COMMIT or ROLLBACK on it.
@@ -66,7 +66,7 @@ struct change {
 // then retried with backoff and dead-lettered after replica_options::max_retries.
 using change_handler = std::function<std::error_code(const change&)>;
 
-struct table_options {
+struct replica_table_options {
   // Local table to write. Empty: no-DB mode (only handlers run; versions are still tracked).
   std::string local_table;
   // remote column -> local column. Remote columns not listed map to the local column of the same
@@ -167,7 +167,7 @@ class replica {
   // Registers a stream. Validates the CQRS_ID, the local table and every mapped local column
   // against the real table. Errors: invalid_cqrs_id, duplicate_cqrs_id, unknown_table,
   // unknown_column, invalid_argument (no table and no handler), sqlite_error.
-  std::error_code register_table(std::string_view cqrs_id, table_options opts);
+  std::error_code register_table(std::string_view cqrs_id, replica_table_options opts);
 
   // Subscribes the event, direct and schema topics of every registered stream (and of streams
   // registered later) on `t`, and uses `t` for control requests. `t` must outlive the replica or

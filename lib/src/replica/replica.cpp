@@ -73,7 +73,7 @@ struct progress {
 struct stream {
   std::int64_t sid = 0;
   std::string cqrs_id;
-  table_options opts;
+  replica_table_options opts;
   std::vector<local_column> local;
   bool has_incarnation = false;
   std::array<std::uint8_t, 16> incarnation{};
@@ -1365,7 +1365,7 @@ std::error_code replica::open(const std::string& path, replica_options opts,
   return {};
 }
 
-std::error_code replica::register_table(std::string_view cqrs_id, table_options topts) {
+std::error_code replica::register_table(std::string_view cqrs_id, replica_table_options topts) {
   std::unique_lock<std::mutex> lk(impl_->mu);
   impl& I = *impl_;
   if (auto ec = validate_cqrs_id(cqrs_id)) return ec;
