@@ -217,7 +217,7 @@ struct replica::impl {
   std::vector<std::pair<std::string, std::vector<std::uint8_t>>> controls;  // to publish
   std::int64_t next_prune_ms = 0;
 
-  statement q_row_get, q_row_put, q_row_session, q_stream_put, q_schema_get, q_schema_put,
+  statement q_row_get, q_row_put, q_row_cas, q_row_session, q_stream_put, q_schema_get, q_schema_put,
       q_retry_put, q_dead_put, q_dead_trim;
   std::string keybuf;
   std::vector<std::uint8_t> encbuf;
@@ -227,6 +227,7 @@ struct replica::impl {
     plans.clear();
     q_row_get = {};
     q_row_put = {};
+    q_row_cas = {};
     q_row_session = {};
     q_stream_put = {};
     q_schema_get = {};
@@ -250,6 +251,15 @@ struct replica::impl {
          " version=excluded.version, deleted=excluded.deleted, seq=max(seq, excluded.seq),"
          " session=CASE WHEN excluded.session>0 THEN excluded.session ELSE session END,"
          " at_ms=excluded.at_ms"},
+        // Version check and write in one statement (the fast path without handlers): the
+        // row changes only when the event wins by the rules of docs/replication.md §2.
+        {&q_row_cas,
+         "INSERT INTO edgecqrs_r_rows(sid,key,version,deleted,seq,session,at_ms)"
+         " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(sid,key) DO UPDATE SET"
+         " version=excluded.version, deleted=excluded.deleted, seq=max(seq, excluded.seq),"
+         " session=CASE WHEN excluded.session>0 THEN excluded.session ELSE session END,"
+         " at_ms=excluded.at_ms WHERE excluded.version>version OR (?8 AND deleted=0 AND"
+         " version>0 AND excluded.version=version)"},
         {&q_row_session,
          "INSERT INTO edgecqrs_r_rows(sid,key,version,deleted,seq,session,at_ms)"
          " VALUES(?1,?2,0,1,0,?3,?4) ON CONFLICT(sid,key) DO UPDATE SET session=excluded.session"},
@@ -275,6 +285,7 @@ struct replica::impl {
   }
 
   std::int64_t now() { return time->now_ms(); }
+  std::int64_t msg_now = 0;  // wall time of the message being applied (read once per message)
   std::int64_t steady() { return time->steady_ms(); }
 
   // ---- control requests (published after the lock is released) ----
@@ -637,7 +648,7 @@ struct replica::impl {
     q_row_session.bind(1, s.sid);
     q_row_session.bind_blob(2, key.data(), key.size());
     q_row_session.bind(3, static_cast<std::int64_t>(session));
-    q_row_session.bind(4, now());
+    q_row_session.bind(4, msg_now);
     return q_row_session.step() == SQLITE_DONE ? std::error_code{}
                                                : make_error_code(errc::sqlite_error);
   }
@@ -649,6 +660,53 @@ struct replica::impl {
     out = outcome::ignored;
     if (ev.kind == event_kind::sync && !c.direct && s.opts.only_direct_syncs) return {};
     std::string_view key = make_key(pl, ev);
+    const bool db_mode = !s.opts.local_table.empty();
+    const bool is_delete = ev.kind == event_kind::remove;
+    const bool fast = db_mode && (is_delete ? !s.opts.on_delete
+                                            : !s.opts.on_create && !s.opts.on_update);
+    if (fast) {
+      // One conditional write decides; the local statement follows only when it won.
+      int changed = 0;
+      {
+        reset_guard g(q_row_cas);
+        q_row_cas.bind(1, s.sid);
+        q_row_cas.bind_blob(2, key.data(), key.size());
+        q_row_cas.bind(3, static_cast<std::int64_t>(ev.row_version));
+        q_row_cas.bind(4, is_delete ? 1 : 0);
+        q_row_cas.bind(5, static_cast<std::int64_t>(c.seq));
+        q_row_cas.bind(6, static_cast<std::int64_t>(c.session));
+        q_row_cas.bind(7, msg_now);
+        q_row_cas.bind(8, ev.kind == event_kind::sync ? 1 : 0);
+        if (q_row_cas.step() != SQLITE_DONE) return sql_error(db, detail);
+        changed = sqlite3_changes(db);
+      }
+      if (changed) {
+        statement& st_local = is_delete ? pl.remove : pl.upsert;
+        reset_guard g(st_local);
+        if (is_delete) {
+          for (std::size_t j = 0; j < ev.values.size(); ++j)
+            st_local.bind_value(static_cast<int>(j + 1), ev.values[j]);
+        } else {
+          int i = 1;
+          for (std::uint32_t col : pl.upsert_cols) st_local.bind_value(i++, ev.values[col]);
+        }
+        if (st_local.step() != SQLITE_DONE) {
+          detail = sqlite3_errmsg(db);
+          return make_error_code(errc::apply_failed);
+        }
+        out = outcome::applied;
+        return {};
+      }
+      // Skipped: tell stale from duplicate, and keep the row in a running re-sync session.
+      reset_guard g(q_row_get);
+      q_row_get.bind(1, s.sid);
+      q_row_get.bind_blob(2, key.data(), key.size());
+      if (q_row_get.step() != SQLITE_ROW) return sql_error(db, detail);
+      std::uint64_t cur = static_cast<std::uint64_t>(q_row_get.col_int(0));
+      out = ev.row_version == cur ? outcome::duplicate : outcome::stale;
+      if (c.session) return mark_session(s, key, c.session);
+      return {};
+    }
     bool exists = false, deleted = false;
     std::uint64_t cur = 0;
     {
@@ -673,8 +731,6 @@ struct replica::impl {
       if (c.session) return mark_session(s, key, c.session);
       return {};
     }
-    const bool db_mode = !s.opts.local_table.empty();
-    const bool is_delete = ev.kind == event_kind::remove;
     if (is_delete) {
       if (!(exists && deleted)) {
         if (s.opts.on_delete) {
@@ -720,7 +776,7 @@ struct replica::impl {
       q_row_put.bind(4, is_delete ? 1 : 0);
       q_row_put.bind(5, static_cast<std::int64_t>(c.seq));
       q_row_put.bind(6, static_cast<std::int64_t>(c.session));
-      q_row_put.bind(7, now());
+      q_row_put.bind(7, msg_now);
       if (q_row_put.step() != SQLITE_DONE) return sql_error(db, detail);
     }
     out = outcome::applied;
@@ -879,6 +935,7 @@ struct replica::impl {
                                  std::size_t size, const msg_opts& mo,
                                  std::vector<std::int64_t>& to_retry) {
     ++st.messages;
+    msg_now = now();
     parsed_topic pt = parse_topic(opts.topic_prefix, topic);
     auto sit = by_id.find(std::string(pt.cqrs_id));
     if (pt.kind == topic_kind::other || sit == by_id.end()) {
@@ -1150,6 +1207,7 @@ struct replica::impl {
   // ---- retries of failed events ----
 
   std::error_code run_due_retries() {
+    msg_now = now();
     statement q;
     if (q.prepare(db, "SELECT id, sid, topic, body, attempts, first_ms FROM edgecqrs_r_retries"
                       " WHERE next_ms<=?1 ORDER BY next_ms LIMIT ?2") != SQLITE_OK)
@@ -1346,7 +1404,9 @@ std::error_code replica::open(sqlite3* db, replica_options opts, std::unique_ptr
 std::error_code replica::open(const std::string& path, replica_options opts,
                               std::unique_ptr<replica>& out) {
   sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+  // NOMUTEX: the replica's own mutex already serializes every use of its connection.
+  if (sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) !=
       SQLITE_OK) {
     sqlite3_close_v2(db);
     return make_error_code(errc::sqlite_error);
