@@ -401,6 +401,13 @@ TEST_CASE("re-sync session: sync rule, removal of rows it did not carry, checkpo
   CHECK(ss.checkpoint == 10);
   CHECK(f.r->stats().rows_removed_by_resync == 1);
   CHECK(f.r->stats().resyncs_completed == 2);
+  // A redelivered last part does not complete the session again (it would remove row 6,
+  // which a later direct sync brought).
+  CHECK_FALSE(f.send_direct(msg(f.sch, 0, {sync(1, {I(6), T("f"), I(1)})})));
+  CHECK_FALSE(f.send_direct(p1));
+  CHECK(f.r->stats().resyncs_completed == 2);
+  CHECK(f.rows().size() == 4);
+  CHECK(f.tp.take_controls().empty());
 }
 
 TEST_CASE("a re-sync with a lost part is requested again and removes nothing") {

@@ -160,6 +160,7 @@ class replica {
   // Opens (creating) the database file at `path`; the replica owns the connection (WAL mode).
   static std::error_code open(const std::string& path, replica_options opts,
                               std::unique_ptr<replica>& out);
+  // Unsubscribes from the attached transport (see attach) and closes an owned connection.
   ~replica();
   replica(const replica&) = delete;
   replica& operator=(const replica&) = delete;

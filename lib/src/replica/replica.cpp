@@ -30,6 +30,8 @@ constexpr std::size_t max_pending_controls = 64;
 constexpr int max_replays_per_poll = 8;
 constexpr int max_retries_per_poll = 64;
 constexpr std::int64_t prune_interval_ms = 60000;
+constexpr std::uint64_t broken_run = std::uint64_t{1} << 62;
+constexpr std::uint64_t finished_run = broken_run + 1;
 
 const char* const schema_sql =
     "CREATE TABLE IF NOT EXISTS edgecqrs_r_streams("
@@ -1024,19 +1026,29 @@ struct replica::impl {
     std::uint64_t session = 0;
     bool finish_session = false, session_broken = false;
     if (m.has_resync && direct) {
+      // Session ids are opaque (the master picks them at random). A part of another session
+      // than the running one starts a new run; a run completes only when parts 0..last of one
+      // session arrived without another session in between (resync_parts = next part expected,
+      // broken_run once a part was skipped).
       const auto& r = m.resync;
-      if (r.session > p.resync_session) {
+      if (r.session != p.resync_session) {
         p.resync_session = r.session;
         p.resync_parts = 0;
       }
-      if (r.session == p.resync_session) {
-        session = r.session;
-        ++p.resync_parts;
+      session = r.session;
+      // Redelivered parts of a completed session only apply by the sync rule.
+      if (p.resync_parts != finished_run) {
+        if (r.part == p.resync_parts)
+          ++p.resync_parts;
+        else if (r.part > p.resync_parts)
+          p.resync_parts = broken_run;
         if (r.last) {
-          if (p.resync_parts == r.part + 1)
+          if (p.resync_parts == r.part + 1) {
             finish_session = true;
-          else
-            session_broken = true;  // a part was lost: ask again
+            p.resync_parts = finished_run;
+          } else {
+            session_broken = true;  // a part was lost or reordered: ask again
+          }
         }
       }
     }
@@ -1380,7 +1392,7 @@ struct replica::impl {
 };
 
 replica::replica(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
-replica::~replica() = default;
+replica::~replica() { detach(); }
 
 std::error_code replica::open(sqlite3* db, replica_options opts, std::unique_ptr<replica>& out) {
   if (!db) return make_error_code(errc::invalid_argument);
