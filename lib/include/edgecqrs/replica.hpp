@@ -21,6 +21,7 @@
 
 #include "edgecqrs/clock.hpp"
 #include "edgecqrs/codec.hpp"
+#include "edgecqrs/errors.hpp"
 #include "edgecqrs/event.hpp"
 #include "edgecqrs/names.hpp"
 #include "edgecqrs/transport.hpp"
