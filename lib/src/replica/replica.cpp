@@ -30,6 +30,7 @@ constexpr std::size_t max_pending_controls = 64;
 constexpr int max_replays_per_poll = 8;
 constexpr int max_retries_per_poll = 64;
 constexpr std::int64_t prune_interval_ms = 60000;
+constexpr std::size_t max_schemas_per_stream = 32;
 constexpr std::uint64_t broken_run = std::uint64_t{1} << 62;
 constexpr std::uint64_t finished_run = broken_run + 1;
 
@@ -844,7 +845,6 @@ struct replica::impl {
   struct msg_opts {
     bool ignore_expiry = false;      // an operator retrying a dead letter
     std::int64_t dead_letter_id = 0; // update this dead letter instead of adding one
-    bool from_retry = false;         // no stream progress (already counted when first seen)
   };
 
   std::error_code handle_schema(stream& s, std::string_view topic, const std::uint8_t* data,
@@ -872,6 +872,20 @@ struct replica::impl {
       q_schema_put.bind_blob(4, data, size);
       if (q_schema_put.step() != SQLITE_DONE) ec = make_error_code(errc::sqlite_error);
     }
+    if (!ec) {
+      // Bounded: the most recent schemas of a stream are kept (older tags then park their
+      // messages and ask for the schema again).
+      statement trim;
+      if (trim.prepare(db, "DELETE FROM edgecqrs_r_schemas WHERE sid=?1 AND rowid NOT IN (SELECT"
+                           " rowid FROM edgecqrs_r_schemas WHERE sid=?1 ORDER BY rowid DESC"
+                           " LIMIT ?2)") != SQLITE_OK)
+        ec = make_error_code(errc::sqlite_error);
+      else {
+        trim.bind(1, s.sid);
+        trim.bind(2, static_cast<std::int64_t>(max_schemas_per_stream));
+        if (trim.step() != SQLITE_DONE) ec = make_error_code(errc::sqlite_error);
+      }
+    }
     if (!ec && reset) {
       // A new master database: its versions and seqs start again, so ours are void. Keys stay
       // (version 0) so the re-sync can remove rows the new master does not have.
@@ -898,7 +912,8 @@ struct replica::impl {
       return ec;
     }
     s.prog = p;
-    plans.erase(std::make_pair(s.sid, sch.schema_tag));
+    for (auto it = plans.begin(); it != plans.end();)
+      it = it->second->st == &s ? plans.erase(it) : std::next(it);
     s.schema_wanted = false;
     if (reset) {
       s.gap_open = false;
@@ -976,14 +991,10 @@ struct replica::impl {
     }
     progress p = s.prog;
     const std::size_t n = m.events.size();
-    if (!mo.from_retry) {
-      if (m.first_seq == 0 && n == 0) {
-        // nothing to track
-      } else if (n == 0) {
-        p.head = std::max(p.head, m.first_seq - 1);  // heartbeat: seqs below it exist
-      } else if (m.first_seq > 0) {
-        mark_seen(p, m.first_seq, m.first_seq + n - 1, opts.max_seen_ranges);
-      }
+    if (n == 0 && m.first_seq > 0) {
+      p.head = std::max(p.head, m.first_seq - 1);  // heartbeat: seqs below it exist
+    } else if (m.first_seq > 0) {
+      mark_seen(p, m.first_seq, m.first_seq + n - 1, opts.max_seen_ranges);
     }
     if (n == 0 && !(m.has_resync && direct)) {
       if (p.head == s.prog.head) return {};
@@ -1082,9 +1093,7 @@ struct replica::impl {
       if (finish_session) {
         if (auto ec = finish_resync(s, p, m.resync, delta)) return ec;
       }
-      if (!mo.from_retry || finish_session) {
-        if (auto ec = save_stream(s, p)) return ec;
-      }
+      if (auto ec = save_stream(s, p)) return ec;
       return {};
     };
     if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
@@ -1244,16 +1253,19 @@ struct replica::impl {
       std::error_code ec;
       std::string detail;
       plan* pl = nullptr;
+      bool obsolete = false;
       if (!s) {
         ec = make_error_code(errc::unknown_stream);
       } else if ((ec = decode_message(reinterpret_cast<const std::uint8_t*>(d.body.data()),
                                       d.body.size(), m, opts.limits))) {
       } else if (m.events.size() != 1 || !(pl = find_plan(*s, m.schema_tag)) || pl->problem) {
         ec = make_error_code(errc::unknown_schema);
+      } else if (!s->has_incarnation || pl->sch.incarnation != s->incarnation) {
+        obsolete = true;  // from a master database this replica no longer follows
       }
       if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
       outcome o = outcome::ignored;
-      if (!ec) {
+      if (!ec && !obsolete) {
         apply_ctx c;
         c.direct = parse_topic(opts.topic_prefix, d.topic).kind == topic_kind::direct;
         c.seq = m.first_seq;
