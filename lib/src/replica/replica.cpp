@@ -1078,6 +1078,9 @@ struct replica::impl {
         std::error_code ec = apply_event(*pl, m.events[i], c, o, detail);
         if (ec && !per_event) return ec;
         if (ec) {
+          // SQLITE_FULL, IOERR, NOMEM and BUSY may roll the whole transaction back on their
+          // own; carrying on would write the rest in autocommit mode.
+          if (sqlite3_get_autocommit(db)) return ec;
           exec(db, "ROLLBACK TO ev");
           if (session) {
             // Keep the row in the session so completing it does not remove it meanwhile.
@@ -1274,6 +1277,7 @@ struct replica::impl {
           return make_error_code(errc::sqlite_error);
         }
         ec = apply_event(*pl, m.events[0], c, o, detail);
+        if (ec && sqlite3_get_autocommit(db)) return ec;  // rolled back by SQLite itself
         exec(db, ec ? "ROLLBACK TO ev" : "RELEASE ev");
         if (ec) exec(db, "RELEASE ev");
       }
