@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 #include <string>
 
 #include "edgecqrs/codec.hpp"
@@ -77,11 +78,18 @@ void put_value(std::string& o, const value& v) {
         o += d < 0 ? "\"-Infinity\"" : "\"Infinity\"";
       } else {
         // The shortest text that reads back to the same double keeps the output readable
-        // (21.5, not 21.500000000000000); 17 digits always round-trip.
-        char b[32];
-        for (int prec = 1; prec <= 17; ++prec) {
+        // (21.5, not 21.500000000000000); plain decimals in the everyday range, else %g.
+        char b[40];
+        bool done = false;
+        if (std::fabs(d) >= 1e-4 && std::fabs(d) < 1e15) {
+          for (int prec = 1; prec <= 17 && !done; ++prec) {
+            std::snprintf(b, sizeof b, "%.*f", prec, d);
+            done = std::strtod(b, nullptr) == d;
+          }
+        }
+        for (int prec = 1; prec <= 17 && !done; ++prec) {
           std::snprintf(b, sizeof b, "%.*g", prec, d);
-          if (std::strtod(b, nullptr) == d) break;
+          done = std::strtod(b, nullptr) == d;
         }
         std::string_view sv(b);
         o += sv;
@@ -101,8 +109,14 @@ void put_value(std::string& o, const value& v) {
 
 }  // namespace
 
-std::string to_json(const message& m, const schema* s) {
+namespace {
+
+std::string json_of(const message& m, const schema* s) {
   if (s && s->schema_tag != m.schema_tag) s = nullptr;  // another stream's names would mislead
+  // A hand-built schema may carry pk indices past its columns: then deletes stay positional.
+  bool pk_valid = s != nullptr;
+  if (s)
+    for (auto i : s->pk) pk_valid = pk_valid && i < s->columns.size();
   std::string o;
   o.reserve(64 + 48 * m.events.size());
   o += "{\"schema_tag\":";
@@ -151,7 +165,7 @@ std::string to_json(const message& m, const schema* s) {
     put_int(o, e.updated_ms);
     // Names only when the shape matches the schema; otherwise positions.
     const bool is_delete = e.kind == event_kind::remove;
-    const bool named = s && (is_delete ? e.values.size() == s->pk.size()
+    const bool named = s && (is_delete ? pk_valid && e.values.size() == s->pk.size()
                                        : e.values.size() == s->columns.size());
     o += named ? ",\"values\":{" : ",\"values\":[";
     for (std::size_t k = 0; k < e.values.size(); ++k) {
@@ -196,6 +210,17 @@ std::string to_json(const message& m, const schema* s) {
   }
   o += "]}";
   return o;
+}
+
+}  // namespace
+
+// No exception crosses the public API: out of memory gives an empty string.
+std::string to_json(const message& m, const schema* s) {
+  try {
+    return json_of(m, s);
+  } catch (const std::bad_alloc&) {
+    return {};
+  }
 }
 
 }  // namespace edgecqrs
