@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -49,6 +50,7 @@ class collector {
       std::lock_guard<std::mutex> lock(mutex_);
       payloads_.emplace_back(reinterpret_cast<const char*>(m.data), m.size);
       topics_.emplace_back(m.topic);
+      duplicate_flags_.push_back(m.duplicate);
     };
   }
   std::size_t size() const {
@@ -58,6 +60,27 @@ class collector {
   std::vector<std::string> payloads() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return payloads_;
+  }
+  std::vector<bool> duplicate_flags() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return duplicate_flags_;
+  }
+  // Payloads with redeliveries removed (first arrival kept); `redelivered_unflagged` counts
+  // repeats that the broker did not flag as duplicates.
+  std::vector<std::string> unique_payloads(std::size_t* redelivered_unflagged = nullptr) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<std::string> out;
+    std::set<std::string> seen;
+    std::size_t unflagged = 0;
+    for (std::size_t i = 0; i < payloads_.size(); ++i) {
+      if (seen.insert(payloads_[i]).second) {
+        out.push_back(payloads_[i]);
+      } else if (!duplicate_flags_[i]) {
+        ++unflagged;
+      }
+    }
+    if (redelivered_unflagged != nullptr) *redelivered_unflagged = unflagged;
+    return out;
   }
   std::vector<std::string> topics() const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -71,6 +94,7 @@ class collector {
   mutable std::mutex mutex_;
   std::vector<std::string> payloads_;
   std::vector<std::string> topics_;
+  std::vector<bool> duplicate_flags_;
 };
 
 // Publishes payloads one after another, keeping at most max_in_flight() outstanding, the way
