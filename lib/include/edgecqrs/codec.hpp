@@ -27,6 +27,10 @@ struct decode_limits {
 };
 
 // ---- decoding outside input (never partially fills `out` on error: it is reset first) ----
+// Errors: one distinct errc per rejection (codes 100-124, see errors.hpp and
+// tests/vectors/invalid.txt), e.g. truncated, trailing_bytes, wrong_type, integer_out_of_range,
+// invalid_utf8, duplicate_key, unknown_key, unsupported_format, bad_event and the limit errors.
+// Memory: bounded by `limits` (nothing is reserved beyond what the input can hold).
 std::error_code decode_message(const std::uint8_t* data, std::size_t size, message& out,
                                const decode_limits& limits = {}) noexcept;
 std::error_code decode_schema(const std::uint8_t* data, std::size_t size, schema& out,
@@ -35,6 +39,11 @@ std::error_code decode_control(const std::uint8_t* data, std::size_t size, contr
                                const decode_limits& limits = {}) noexcept;
 
 // ---- encoding whole messages (convenience; allocation-free) ----
+// Errors of every encode_* function: buffer_too_small (nothing is written past `cap`, and
+// `written` receives the size needed), invalid_argument (input the wire cannot carry or that
+// the decoder would reject: negative time or expiry, text that is not valid UTF-8, a repeated
+// prev column or meta key, kind/op out of range, a schema without columns or pk, or a pk index
+// out of range). With buf == nullptr nothing is written and `written` is the size needed.
 // A message is encoded as one group per run of events: group t0 is the first event's
 // updated_ms and later events carry dt when their time differs.
 std::error_code encode_message(const message& m, std::uint8_t* buf, std::size_t cap,
@@ -81,7 +90,8 @@ std::error_code encode_message_ext(const message& m, std::uint8_t* buf, std::siz
                                    std::size_t& written) noexcept;
 
 // Readable one-line JSON of a decoded message (column names from `s` when given, else
-// positional). Bytes are base64, non-finite reals are strings ("NaN", "Infinity").
+// positional). BLOBs are {"b64": "<base64>"}, non-finite reals are strings ("NaN", "Infinity",
+// "-Infinity"). Returns an empty string only when memory runs out.
 std::string to_json(const message& m, const schema* s = nullptr);
 
 }  // namespace edgecqrs

@@ -1,0 +1,1872 @@
+// The master: registration, change capture (hooks -> dirty set -> outbox before COMMIT),
+// publisher (outbox -> transport, windowed, acknowledged), control answers, sync and dump.
+#include "edgecqrs/master.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "edgecqrs/codec.hpp"
+#include "edgecqrs/errors.hpp"
+#include "edgecqrs/names.hpp"
+#include "master/sql.hpp"
+
+namespace edgecqrs {
+
+using detail::bind_view;
+using detail::column_view;
+using detail::quote_ident;
+using detail::reset_guard;
+using detail::stmt;
+
+value_view row_ref::get(std::string_view column) const {
+  for (std::size_t i = 0; i < size; ++i)
+    if (columns[i].name == column) return values[i];
+  return value_view::null();
+}
+
+namespace {
+
+constexpr int kind_stream = 0;  // stream events, joinable, kept for replay after the ack
+constexpr int kind_direct = 1;  // sync / replay / re-sync answers (own ext), deleted after ack
+constexpr int kind_schema = 2;  // whole schema message, retained
+
+const char* const schema_sql = R"(
+CREATE TABLE IF NOT EXISTS edgecqrs_meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edgecqrs_stream(cqrs_id TEXT NOT NULL UNIQUE, next_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS edgecqrs_version(stream INTEGER NOT NULL, key BLOB NOT NULL,
+  version INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(stream, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, stream INTEGER NOT NULL,
+  kind INTEGER NOT NULL, first_seq INTEGER NOT NULL, n_events INTEGER NOT NULL,
+  target TEXT NOT NULL DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS edgecqrs_outbox_seq ON edgecqrs_outbox(stream, first_seq) WHERE kind = 0;
+)";
+
+bool ieq(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+bool same_value(const value& a, const value_view& b) { return a == value::from(b); }
+
+// Appends an encoded item produced by `enc(buf, cap, written)`, growing the buffer as needed.
+template <class F>
+std::error_code append_encoded(std::vector<std::uint8_t>& out, F&& enc) {
+  std::size_t len = out.size();
+  // Most items are small: try a modest window first (resize zero-fills it).
+  std::size_t room = 512;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    if (out.capacity() < len + room) out.reserve(std::max(out.capacity() * 2, len + room));
+    out.resize(len + room);
+    std::size_t written = 0;
+    std::error_code ec = enc(out.data() + len, room, written);
+    if (!ec) {
+      out.resize(len + written);
+      return {};
+    }
+    if (ec != errc::buffer_too_small) {
+      out.resize(len);
+      return ec;
+    }
+    room *= 4;
+  }
+  out.resize(len);
+  return make_error_code(errc::buffer_too_small);
+}
+
+}  // namespace
+
+struct master::impl {
+  struct table_state {
+    std::size_t index = 0;
+    std::string table;
+    std::string cqrs_id;
+    std::int64_t stream_id = 0;
+    schema sch;
+    bool produce = true;
+    bool rowid_alias = false;                 // single INTEGER PRIMARY KEY column
+    std::vector<int> sel_table_cols;          // table column index per stream column (no SQL)
+    std::vector<int> pk_table_cols;           // table column index per pk column
+    std::vector<std::pair<std::uint32_t, int>> tracked;  // (stream column, table column)
+    std::vector<int> compare_table_cols;      // table columns compared to detect no-op changes
+    std::function<bool(const row_ref&)> filter;
+    std::function<std::error_code(const row_ref&, std::vector<value>&)> serializer;
+    std::string serializer_sql;
+    std::string where_pk;                     // "\"a\"=?1 AND \"b\"=?2"
+    std::string select_cols;                  // stream columns as a select list (no SQL)
+    stmt read_final;                          // SELECT stream cols + compare cols WHERE pk
+    stmt read_custom;                         // serializer_sql
+    std::uint64_t next_seq = 1;
+    std::uint64_t saved_next_seq = 1;
+    std::int64_t last_publish_ms = 0;
+    std::string event_topic, schema_topic, control_topic;
+  };
+
+  struct dirty_row {
+    table_state* t = nullptr;
+    std::string key;                 // encoded pk values
+    std::vector<value> pk;
+    bool existed_before = false;
+    bool have_old = false;
+    std::vector<value> old;          // compare_table_cols values before the first change
+  };
+
+  struct inflight_msg {
+    std::vector<std::int64_t> ids;
+    std::vector<int> kinds;
+    std::vector<std::uint64_t> bytes;
+    std::int64_t stream = 0;
+    bool heartbeat = false;
+  };
+
+  struct completion {
+    std::uint64_t msg_no;
+    std::error_code ec;
+  };
+
+  // Shared with transport callbacks, which may outlive the master.
+  struct sink {
+    std::mutex mu;
+    bool alive = true;
+    std::vector<completion> done;
+    std::deque<std::pair<std::string, control_request>> control;
+    std::size_t max_control = 64;
+    std::uint64_t control_dropped = 0;
+    std::condition_variable* wake = nullptr;
+  };
+
+  sqlite3* db = nullptr;
+  bool owns_db = false;
+  master_config cfg;
+  transport* tx = nullptr;
+  clock* clk = nullptr;
+  std::array<std::uint8_t, 16> incarnation{};
+  std::vector<std::unique_ptr<table_state>> tables;
+  std::unordered_map<std::string, table_state*> by_table;
+  std::map<std::string, table_state*, std::less<>> by_id;
+  std::map<std::int64_t, table_state*> by_stream;
+
+  // capture state (touched by SQLite hooks on the writing thread)
+  std::vector<dirty_row> dirty;
+  std::unordered_map<std::string, std::size_t> dirty_index;
+  bool internal_write = false;  // the library's own statements: not captured, not refused
+  bool committing = false;
+  bool dirty_overflow = false;
+  std::atomic<std::uint64_t> unmanaged_refused{0};
+
+  std::mutex txn_mu;            // held from begin() to commit()/rollback(), and by poll()
+  std::unique_lock<std::mutex> txn_lock{txn_mu, std::defer_lock};
+  std::atomic<bool> in_txn{false};
+  std::thread::id txn_owner;
+
+  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack, st_delete,
+      st_version_get;
+  std::vector<std::uint8_t> evbuf, grpbuf, msgbuf;
+
+  // outbox accounting (changed only under txn_mu)
+  std::uint64_t pending_records = 0, pending_bytes = 0, kept_records = 0, kept_bytes = 0;
+  // publisher
+  std::int64_t cursor = 0;
+  std::map<std::uint64_t, inflight_msg> inflight;
+  std::unordered_map<std::int64_t, bool> inflight_ids;
+  std::uint64_t next_msg_no = 1;
+  std::int64_t backoff_until = 0;
+  int consecutive_failures = 0;
+  std::shared_ptr<sink> snk = std::make_shared<sink>();
+
+  mutable std::mutex stats_mu;
+  master_stats st;
+  std::string last_error;
+
+  std::thread bg;
+  std::mutex bg_mu;
+  std::condition_variable bg_cv;
+  bool bg_stop = false;
+  bool bg_wake = false;
+
+  ~impl() {
+    {
+      std::lock_guard<std::mutex> lk(snk->mu);
+      snk->alive = false;
+      snk->wake = nullptr;
+    }
+  }
+
+  // ---------- errors ----------
+  std::error_code sql_fail(const char* what) {
+    last_error = std::string(what) + ": " + sqlite3_errmsg(db);
+    return make_error_code(errc::sqlite_error);
+  }
+  std::error_code exec(const char* sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      last_error = std::string(sql).substr(0, 40) + ": " + (err ? err : "?");
+      sqlite3_free(err);
+      return make_error_code(errc::sqlite_error);
+    }
+    return {};
+  }
+
+  // ---------- setup ----------
+  std::error_code init() {
+    internal_write = true;
+    std::error_code ec = exec(schema_sql);
+    if (!ec) ec = load_incarnation();
+    internal_write = false;
+    if (ec) return ec;
+    if (st_version.prepare(db,
+                           "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) "
+                           "VALUES(?1,?2,?3,?4)") ||
+        st_version_upd.prepare(db,
+                               "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 "
+                               "WHERE stream=?1 AND key=?2") ||
+        st_version_get.prepare(db,
+                               "SELECT version, updated_ms FROM edgecqrs_version "
+                               "WHERE stream=?1 AND key=?2") ||
+        st_outbox_insert.prepare(db,
+                                 "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,"
+                                 "target,ext,body) VALUES(?1,?2,?3,?4,?5,?6,?7)") ||
+        st_stream_update.prepare(db, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1") ||
+        st_pending.prepare(db,
+                           "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
+                           "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
+        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1") ||
+        st_delete.prepare(db, "DELETE FROM edgecqrs_outbox WHERE id=?1"))
+      return sql_fail("prepare");
+    stmt q;
+    if (q.prepare(db,
+                  "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox GROUP BY "
+                  "acked"))
+      return sql_fail("outbox count");
+    while (sqlite3_step(q.get()) == SQLITE_ROW) {
+      auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+      auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
+      if (sqlite3_column_int(q.get(), 0)) {
+        kept_records = n;
+        kept_bytes = b;
+      } else {
+        pending_records = n;
+        pending_bytes = b;
+      }
+    }
+    snk->max_control = cfg.max_pending_control;
+    install_hooks();
+    update_stats();
+    return {};
+  }
+
+  std::error_code load_incarnation() {
+    stmt q;
+    if (q.prepare(db, "SELECT value FROM edgecqrs_meta WHERE key='incarnation'"))
+      return sql_fail("incarnation");
+    if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_bytes(q.get(), 0) == 16) {
+      std::memcpy(incarnation.data(), sqlite3_column_blob(q.get(), 0), 16);
+      return {};
+    }
+    sqlite3_randomness(16, incarnation.data());
+    stmt ins;
+    if (ins.prepare(db, "INSERT OR REPLACE INTO edgecqrs_meta(key,value) VALUES('incarnation',?1)"))
+      return sql_fail("incarnation");
+    sqlite3_bind_blob(ins.get(), 1, incarnation.data(), 16, SQLITE_STATIC);
+    if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("incarnation");
+    return {};
+  }
+
+  void install_hooks();
+  void update_stats() {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    st.records_pending = pending_records;
+    st.bytes_pending = pending_bytes;
+    st.in_flight = inflight.size();
+    st.unmanaged_writes_refused = unmanaged_refused;
+  }
+
+  // ---------- capture ----------
+  std::string encode_key(const value_view* pk, std::size_t n) {
+    std::string key;
+    std::uint8_t tmp[16];
+    for (std::size_t i = 0; i < n; ++i) {
+      std::size_t w = 0;
+      if (pk[i].type == value_type::text || pk[i].type == value_type::blob) {
+        // Header then bytes: avoids a second buffer for long keys.
+        std::uint8_t major = pk[i].type == value_type::text ? 0x60 : 0x40;
+        std::uint64_t len = pk[i].size;
+        if (len < 24) {
+          key += static_cast<char>(major | len);
+        } else {
+          key += static_cast<char>(major | 27);
+          for (int b = 7; b >= 0; --b) key += static_cast<char>((len >> (8 * b)) & 0xff);
+        }
+        key.append(static_cast<const char*>(pk[i].data), pk[i].size);
+        continue;
+      }
+      if (encode_value(pk[i], tmp, sizeof tmp, w)) w = 0;
+      key.append(reinterpret_cast<const char*>(tmp), w);
+    }
+    return key;
+  }
+
+  // Records a change of one key; first-change information wins within the transaction.
+  dirty_row* touch(table_state* t, const value_view* pk, bool existed_before) {
+    std::string key = encode_key(pk, t->pk_table_cols.size());
+    std::string ikey;
+    ikey.reserve(key.size() + 4);
+    ikey.append(reinterpret_cast<const char*>(&t->index), sizeof(std::uint32_t));
+    ikey += key;
+    auto it = dirty_index.find(ikey);
+    if (it != dirty_index.end()) return nullptr;
+    if (dirty.size() >= cfg.max_rows_per_transaction) {
+      dirty_overflow = true;
+      return nullptr;
+    }
+    dirty_index.emplace(std::move(ikey), dirty.size());
+    dirty_row d;
+    d.t = t;
+    d.key = std::move(key);
+    d.existed_before = existed_before;
+    d.pk.reserve(t->pk_table_cols.size());
+    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk.push_back(value::from(pk[i]));
+    dirty.push_back(std::move(d));
+    return &dirty.back();
+  }
+
+  void clear_dirty() {
+    dirty.clear();
+    dirty_index.clear();
+    dirty_overflow = false;
+  }
+
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  static void on_preupdate(void* ctx, sqlite3* db, int op, const char* zdb, const char* ztab,
+                           sqlite3_int64, sqlite3_int64) {
+    auto* m = static_cast<impl*>(ctx);
+    if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
+    auto it = m->by_table.find(ztab);
+    if (it == m->by_table.end() || !it->second->produce) return;
+    table_state* t = it->second;
+    std::size_t npk = t->pk_table_cols.size();
+    value_view oldk[16], newk[16];
+    std::vector<value_view> big_old, big_new;
+    value_view* ok = oldk;
+    value_view* nk = newk;
+    if (npk > 16) {
+      big_old.resize(npk);
+      big_new.resize(npk);
+      ok = big_old.data();
+      nk = big_new.data();
+    }
+    std::string old_key;
+    if (op == SQLITE_DELETE || op == SQLITE_UPDATE) {
+      for (std::size_t i = 0; i < npk; ++i) {
+        sqlite3_value* v = nullptr;
+        sqlite3_preupdate_old(db, t->pk_table_cols[i], &v);
+        ok[i] = detail::sqlite_value_view(v);
+      }
+      dirty_row* d = m->touch(t, ok, true);
+      if (d && !t->compare_table_cols.empty()) {
+        d->have_old = true;
+        d->old.reserve(t->compare_table_cols.size());
+        for (int c : t->compare_table_cols) {
+          sqlite3_value* v = nullptr;
+          sqlite3_preupdate_old(db, c, &v);
+          d->old.push_back(value::from(detail::sqlite_value_view(v)));
+        }
+      }
+    }
+    if (op == SQLITE_INSERT || op == SQLITE_UPDATE) {
+      for (std::size_t i = 0; i < npk; ++i) {
+        sqlite3_value* v = nullptr;
+        sqlite3_preupdate_new(db, t->pk_table_cols[i], &v);
+        nk[i] = detail::sqlite_value_view(v);
+      }
+      // An UPDATE keeping its key was recorded above; a key change also touches the new key.
+      m->touch(t, nk, false);
+    }
+  }
+#else
+  static void on_update(void* ctx, int op, const char* zdb, const char* ztab,
+                        sqlite3_int64 rowid) {
+    auto* m = static_cast<impl*>(ctx);
+    if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
+    auto it = m->by_table.find(ztab);
+    if (it == m->by_table.end() || !it->second->produce) return;
+    value_view k = value_view::integer(rowid);
+    m->touch(it->second, &k, op != SQLITE_INSERT);
+  }
+#endif
+
+  static int on_commit(void* ctx) {
+    auto* m = static_cast<impl*>(ctx);
+    if (m->committing || m->internal_write) return 0;
+    if (m->dirty.empty() && !m->dirty_overflow) return 0;
+    // A commit that bypasses master::commit() would publish nothing: refuse it.
+    ++m->unmanaged_refused;
+    return 1;
+  }
+  static void on_rollback(void* ctx) {
+    auto* m = static_cast<impl*>(ctx);
+    if (!m->internal_write) m->clear_dirty();
+  }
+  // Defeats the truncate optimisation (which skips the hooks) on registered tables: SQLite then
+  // deletes row by row.
+  static int on_authorize(void* ctx, int action, const char* a1, const char*, const char* zdb,
+                          const char*) {
+    auto* m = static_cast<impl*>(ctx);
+    if (action == SQLITE_DELETE && a1 && (!zdb || std::strcmp(zdb, "main") == 0) &&
+        m->by_table.count(a1))
+      return SQLITE_IGNORE;
+    return SQLITE_OK;
+  }
+
+  // ---------- registration ----------
+  std::error_code register_table(const table_options& o);
+
+  // ---------- commit ----------
+  std::error_code write_record(table_state& t, int kind, std::uint64_t first_seq,
+                               std::size_t n_events, std::string_view target,
+                               const std::vector<std::uint8_t>* ext,
+                               const std::uint8_t* body, std::size_t body_size,
+                               std::uint64_t& new_records, std::uint64_t& new_bytes) {
+    sqlite3_stmt* s = st_outbox_insert.get();
+    reset_guard g{s};
+    sqlite3_bind_int64(s, 1, t.stream_id);
+    sqlite3_bind_int(s, 2, kind);
+    sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(first_seq));
+    sqlite3_bind_int64(s, 4, static_cast<sqlite3_int64>(n_events));
+    sqlite3_bind_text(s, 5, target.empty() ? "" : target.data(), static_cast<int>(target.size()),
+                      SQLITE_STATIC);
+    if (ext && !ext->empty())
+      sqlite3_bind_blob(s, 6, ext->data(), static_cast<int>(ext->size()), SQLITE_STATIC);
+    else
+      sqlite3_bind_null(s, 6);
+    sqlite3_bind_blob(s, 7, body_size ? body : reinterpret_cast<const std::uint8_t*>(""),
+                      static_cast<int>(body_size), SQLITE_STATIC);
+    ++new_records;
+    new_bytes += body_size;
+    if (pending_records + new_records > cfg.outbox_max_records ||
+        pending_bytes + new_bytes > cfg.outbox_max_bytes) {
+      std::lock_guard<std::mutex> lk(stats_mu);
+      ++st.outbox_full_refusals;
+      return make_error_code(errc::outbox_full);
+    }
+    if (sqlite3_step(s) != SQLITE_DONE) return sql_fail("outbox insert");
+    return {};
+  }
+
+  // Read then write (not an UPSERT with RETURNING: SQLite allocates and frees a large buffer
+  // per RETURNING step, which dominated the capture profile). A row without an entry is at
+  // version 1 (rows inserted once and never changed, the common case, cost no version write);
+  // a row that was never there (existed_before false) and has no entry becomes version 1.
+  std::uint64_t bump_version(table_state& t, const std::string& key, std::int64_t now,
+                             bool existed_before, std::error_code& ec) {
+    std::uint64_t v = 0;
+    {
+      sqlite3_stmt* s = st_version_get.get();
+      reset_guard g{s};
+      sqlite3_bind_int64(s, 1, t.stream_id);
+      sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+      int rc = sqlite3_step(s);
+      if (rc == SQLITE_ROW)
+        v = static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
+      else if (rc != SQLITE_DONE) {
+        ec = sql_fail("version");
+        return 0;
+      }
+    }
+    if (v == 0) {
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+      if (!existed_before) return 1;
+#else
+      // Without the pre-update hook a REPLACE over an existing row looks like an insert, so
+      // every insert records its version to let the next change outrank it.
+      if (!existed_before) {
+        sqlite3_stmt* s = st_version.get();
+        reset_guard g{s};
+        sqlite3_bind_int64(s, 1, t.stream_id);
+        sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, 1);
+        sqlite3_bind_int64(s, 4, now);
+        if (sqlite3_step(s) != SQLITE_DONE) ec = sql_fail("version");
+        return ec ? 0 : 1;
+      }
+#endif
+      v = 1;  // existing row without an entry: inserted once, or older than its registration
+      sqlite3_stmt* s = st_version.get();
+      reset_guard g{s};
+      sqlite3_bind_int64(s, 1, t.stream_id);
+      sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+      sqlite3_bind_int64(s, 3, 2);
+      sqlite3_bind_int64(s, 4, now);
+      if (sqlite3_step(s) != SQLITE_DONE) {
+        ec = sql_fail("version");
+        return 0;
+      }
+      return 2;
+    }
+    sqlite3_stmt* s = st_version_upd.get();
+    reset_guard g{s};
+    sqlite3_bind_int64(s, 1, t.stream_id);
+    sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(v + 1));
+    sqlite3_bind_int64(s, 4, now);
+    if (sqlite3_step(s) != SQLITE_DONE) {
+      ec = sql_fail("version");
+      return 0;
+    }
+    return v + 1;
+  }
+
+  // Encodes the final state of one dirty row into evbuf; `emitted` false when nothing is sent.
+  std::error_code encode_dirty(dirty_row& d, std::int64_t now, bool& emitted);
+  std::error_code flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
+                        std::uint64_t& n_events);
+  std::error_code emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,
+                                    std::uint64_t& new_records, std::uint64_t& new_bytes) {
+    grpbuf.clear();
+    std::error_code ec = append_encoded(grpbuf, [&](std::uint8_t* b, std::size_t c,
+                                                    std::size_t& w) {
+      return encode_group_head(t0, n, b, c, w);
+    });
+    if (ec) return ec;
+    grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.end());
+    ec = write_record(t, kind_stream, t.next_seq, n, {}, nullptr, grpbuf.data(), grpbuf.size(),
+                      new_records, new_bytes);
+    if (ec) return ec;
+    t.next_seq += n;
+    evbuf.clear();
+    return {};
+  }
+
+  // ---------- sync rows (manual sync, re-sync, dump) ----------
+  // Reads rows of `t` matching where_sql and hands groups of sync events to `emit`.
+  std::error_code read_rows(table_state& t, std::string_view where_sql,
+                            const std::vector<sql_param>& params,
+                            const std::function<std::error_code(std::int64_t t0, std::size_t n,
+                                                                const std::uint8_t* grp,
+                                                                std::size_t size)>& emit,
+                            std::size_t& rows);
+
+  // ---------- publisher ----------
+  std::error_code poll_locked();
+  std::error_code handle_completions();
+  std::error_code prune();
+  std::error_code publish_pending();
+  void heartbeats();
+  std::error_code handle_control(const std::string& cqrs_id, const control_request& c);
+  std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
+  std::error_code sync_locked(table_state& t, std::string_view where_sql,
+                              const std::vector<sql_param>& params, std::string_view replica,
+                              bool resync, std::size_t* synced);
+  std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
+                                                                   std::uint64_t&)>& body);
+  std::error_code subscribe_control(table_state& t);
+  void wake_bg() {
+    std::lock_guard<std::mutex> lk(bg_mu);
+    bg_wake = true;
+    bg_cv.notify_one();
+  }
+};
+
+// ============================================================================ hooks
+
+void master::impl::install_hooks() {
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  sqlite3_preupdate_hook(db, &impl::on_preupdate, this);
+#else
+  sqlite3_update_hook(db, &impl::on_update, this);
+#endif
+  sqlite3_commit_hook(db, &impl::on_commit, this);
+  sqlite3_rollback_hook(db, &impl::on_rollback, this);
+  sqlite3_set_authorizer(db, &impl::on_authorize, this);
+}
+
+// ============================================================================ registration
+
+std::error_code master::impl::register_table(const table_options& o) {
+  if (auto ec = validate_cqrs_id(o.cqrs_id)) {
+    last_error = "invalid CQRS_ID '" + o.cqrs_id + "'";
+    return ec;
+  }
+  if (by_id.count(o.cqrs_id)) {
+    last_error = "CQRS_ID '" + o.cqrs_id + "' is already registered";
+    return make_error_code(errc::duplicate_cqrs_id);
+  }
+  // The canonical name as stored in the schema (the hooks report that spelling).
+  std::string canon;
+  {
+    stmt q;
+    if (q.prepare(db, "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND "
+                      "name=?1 COLLATE NOCASE"))
+      return sql_fail("table_list");
+    sqlite3_bind_text(q.get(), 1, o.table.data(), static_cast<int>(o.table.size()),
+                      SQLITE_STATIC);
+    if (sqlite3_step(q.get()) != SQLITE_ROW) {
+      last_error = "no such table: '" + o.table + "'";
+      return make_error_code(errc::unknown_table);
+    }
+    canon = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
+    std::string type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
+    bool without_rowid = sqlite3_column_int(q.get(), 2) != 0;
+    if (type != "table") {
+      last_error = "'" + canon + "' is a " + type + ", only ordinary tables can be captured";
+      return make_error_code(errc::unsupported_table);
+    }
+#ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
+    if (without_rowid) {
+      last_error = "'" + canon + "' is WITHOUT ROWID: capture needs the pre-update hook, which "
+                   "this build lacks";
+      return make_error_code(errc::unsupported_table);
+    }
+#else
+    (void)without_rowid;
+#endif
+    if (canon.rfind("edgecqrs_", 0) == 0 || canon.rfind("sqlite_", 0) == 0) {
+      last_error = "'" + canon + "' is an internal table";
+      return make_error_code(errc::unsupported_table);
+    }
+  }
+  if (by_table.count(canon)) {
+    last_error = "table '" + canon + "' is already registered";
+    return make_error_code(errc::already_registered);
+  }
+  auto t = std::make_unique<table_state>();
+  t->index = tables.size();
+  t->table = canon;
+  t->cqrs_id = o.cqrs_id;
+  t->produce = o.produce;
+  t->filter = o.filter;
+  t->serializer = o.serializer;
+  t->serializer_sql = o.serializer_sql;
+
+  // Table columns and primary key.
+  std::vector<column_def> tcols;
+  std::vector<std::pair<int, int>> pk_order;  // (pk position, table column)
+  {
+    stmt q;
+    if (q.prepare(db, "SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid"))
+      return sql_fail("table_info");
+    sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
+    while (sqlite3_step(q.get()) == SQLITE_ROW) {
+      column_def c;
+      c.name = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
+      const unsigned char* ty = sqlite3_column_text(q.get(), 1);
+      c.decl_type = ty ? reinterpret_cast<const char*>(ty) : "";
+      int pk = sqlite3_column_int(q.get(), 2);
+      if (pk > 0) pk_order.emplace_back(pk, static_cast<int>(tcols.size()));
+      tcols.push_back(std::move(c));
+    }
+  }
+  if (pk_order.empty()) {
+    last_error = "table '" + canon + "' has no PRIMARY KEY";
+    return make_error_code(errc::missing_primary_key);
+  }
+  std::sort(pk_order.begin(), pk_order.end());
+  for (auto& p : pk_order) t->pk_table_cols.push_back(p.second);
+  t->rowid_alias = pk_order.size() == 1 && ieq(tcols[pk_order[0].second].decl_type, "INTEGER");
+  {
+    // WITHOUT ROWID tables report no rowid alias even for INTEGER keys.
+    stmt q;
+    if (q.prepare(db, "SELECT wr FROM pragma_table_list WHERE schema='main' AND name=?1") == 0) {
+      sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
+      if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_int(q.get(), 0)) t->rowid_alias = false;
+    }
+  }
+#ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
+  if (!t->rowid_alias) {
+    last_error = "table '" + canon + "': without the pre-update hook only tables keyed by an "
+                 "INTEGER PRIMARY KEY (rowid) can be captured";
+    return make_error_code(errc::unsupported_table);
+  }
+#endif
+  auto table_col = [&](const std::string& name) -> int {
+    for (std::size_t i = 0; i < tcols.size(); ++i)
+      if (ieq(tcols[i].name, name)) return static_cast<int>(i);
+    return -1;
+  };
+  std::string where;
+  for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) {
+    if (i) where += " AND ";
+    where += quote_ident(tcols[t->pk_table_cols[i]].name) + "=?" + std::to_string(i + 1);
+  }
+  t->where_pk = where;
+
+  // Stream columns.
+  if (!o.serializer_sql.empty()) {
+    if (!o.columns.empty()) {
+      last_error = "columns and serializer_sql are exclusive";
+      return make_error_code(errc::invalid_argument);
+    }
+    if (t->read_custom.prepare(db, o.serializer_sql)) return sql_fail("serializer_sql");
+    int n = sqlite3_column_count(t->read_custom.get());
+    if (sqlite3_bind_parameter_count(t->read_custom.get()) !=
+        static_cast<int>(t->pk_table_cols.size())) {
+      last_error = "serializer_sql must take exactly one parameter per primary-key column";
+      return make_error_code(errc::invalid_argument);
+    }
+    for (int i = 0; i < n; ++i) {
+      column_def c;
+      c.name = sqlite3_column_name(t->read_custom.get(), i);
+      const char* ty = sqlite3_column_decltype(t->read_custom.get(), i);
+      c.decl_type = ty ? ty : "";
+      t->sch.columns.push_back(std::move(c));
+    }
+  } else {
+    std::vector<std::string> names = o.columns;
+    if (names.empty())
+      for (auto& c : tcols) names.push_back(c.name);
+    for (auto& n : names) {
+      int c = table_col(n);
+      if (c < 0) {
+        last_error = "table '" + canon + "' has no column '" + n + "'";
+        return make_error_code(errc::unknown_column);
+      }
+      for (int prev : t->sel_table_cols)
+        if (prev == c) {
+          last_error = "column '" + n + "' listed twice";
+          return make_error_code(errc::invalid_argument);
+        }
+      t->sel_table_cols.push_back(c);
+      t->sch.columns.push_back(tcols[static_cast<std::size_t>(c)]);
+    }
+  }
+  for (int pkc : t->pk_table_cols) {
+    bool found = false;
+    for (std::size_t i = 0; i < t->sch.columns.size(); ++i) {
+      if (ieq(t->sch.columns[i].name, tcols[static_cast<std::size_t>(pkc)].name)) {
+        t->sch.pk.push_back(static_cast<std::uint32_t>(i));
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      last_error = "columns of '" + o.cqrs_id + "' must include primary-key column '" +
+                   tcols[static_cast<std::size_t>(pkc)].name + "'";
+      return make_error_code(errc::missing_primary_key);
+    }
+  }
+  for (auto& n : o.tracked) {
+    int c = table_col(n);
+    if (c < 0) {
+      last_error = "table '" + canon + "' has no tracked column '" + n + "'";
+      return make_error_code(errc::unknown_column);
+    }
+    std::uint32_t sc = UINT32_MAX;
+    for (std::size_t i = 0; i < t->sch.columns.size(); ++i)
+      if (ieq(t->sch.columns[i].name, n)) sc = static_cast<std::uint32_t>(i);
+    if (sc == UINT32_MAX) {
+      last_error = "tracked column '" + n + "' is not among the columns sent";
+      return make_error_code(errc::unknown_column);
+    }
+    t->tracked.emplace_back(sc, c);
+  }
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  // Old values of every stream column (table columns) detect no-op changes (SET x = x, changes
+  // undone by ROLLBACK TO) and give tracked previous values.
+  if (o.serializer_sql.empty())
+    t->compare_table_cols = t->sel_table_cols;
+  else
+    for (auto& tr : t->tracked) t->compare_table_cols.push_back(tr.second);
+#endif
+  // Final-state read: stream columns (or the compare columns when serialized by SQL).
+  {
+    std::string cols;
+    const std::vector<int>& list =
+        o.serializer_sql.empty() ? t->sel_table_cols : t->compare_table_cols;
+    for (int c : list) {
+      if (!cols.empty()) cols += ",";
+      cols += quote_ident(tcols[static_cast<std::size_t>(c)].name);
+    }
+    if (cols.empty()) cols = "1";
+    t->select_cols = cols;
+    if (t->read_final.prepare(db, "SELECT " + cols + " FROM " + quote_ident(canon) + " WHERE " +
+                                      where))
+      return sql_fail("read_final");
+  }
+
+  t->sch.cqrs_id = o.cqrs_id;
+  t->sch.incarnation = incarnation;
+  t->sch.schema_tag = compute_schema_tag(t->sch);
+  t->event_topic = event_topic(cfg.topic_prefix, o.cqrs_id);
+  t->schema_topic = schema_topic(cfg.topic_prefix, o.cqrs_id);
+  t->control_topic = control_topic(cfg.topic_prefix, o.cqrs_id);
+
+  // Stream row (sequence) and the retained schema message, in one transaction.
+  table_state* tp = t.get();
+  std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
+    stmt ins, sel;
+    if (ins.prepare(db, "INSERT OR IGNORE INTO edgecqrs_stream(cqrs_id,next_seq) VALUES(?1,1)") ||
+        sel.prepare(db, "SELECT rowid, next_seq FROM edgecqrs_stream WHERE cqrs_id=?1"))
+      return sql_fail("stream");
+    sqlite3_bind_text(ins.get(), 1, o.cqrs_id.c_str(), -1, SQLITE_STATIC);
+    if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("stream");
+    sqlite3_bind_text(sel.get(), 1, o.cqrs_id.c_str(), -1, SQLITE_STATIC);
+    if (sqlite3_step(sel.get()) != SQLITE_ROW) return sql_fail("stream");
+    tp->stream_id = sqlite3_column_int64(sel.get(), 0);
+    tp->next_seq = static_cast<std::uint64_t>(sqlite3_column_int64(sel.get(), 1));
+    return enqueue_schema(*tp, nr, nb);
+  });
+  if (ec) return ec;
+  by_table[canon] = tp;
+  by_id[o.cqrs_id] = tp;
+  by_stream[tp->stream_id] = tp;
+  tables.push_back(std::move(t));
+  if (tx) subscribe_control(*tp);
+  return {};
+}
+
+std::error_code master::impl::subscribe_control(table_state& t) {
+  std::weak_ptr<sink> w = snk;
+  std::string id = t.cqrs_id;
+  return tx->subscribe(t.control_topic, [w, id](const incoming_message& m) {
+    auto s = w.lock();
+    if (!s) return;
+    control_request c;
+    if (decode_control(m.data, m.size, c)) return;  // malformed requests are ignored
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->alive) return;
+    if (s->control.size() >= s->max_control) {
+      ++s->control_dropped;
+      return;
+    }
+    s->control.emplace_back(id, std::move(c));
+    if (s->wake) s->wake->notify_one();
+  });
+}
+
+std::error_code master::impl::enqueue_schema(table_state& t, std::uint64_t& nr,
+                                             std::uint64_t& nb) {
+  std::vector<std::uint8_t> buf;
+  std::error_code ec = append_encoded(buf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+    return encode_schema(t.sch, b, c, w);
+  });
+  if (ec) return ec;
+  return write_record(t, kind_schema, 0, 0, {}, nullptr, buf.data(), buf.size(), nr, nb);
+}
+
+// Runs `body` in BEGIN IMMEDIATE .. COMMIT as the library's own write (not captured); updates
+// the outbox accounting after a successful commit.
+std::error_code master::impl::internal_txn(
+    const std::function<std::error_code(std::uint64_t&, std::uint64_t&)>& body) {
+  std::uint64_t nr = 0, nb = 0;
+  internal_write = true;
+  std::error_code ec = exec("BEGIN IMMEDIATE");
+  if (!ec) {
+    ec = body(nr, nb);
+    if (!ec) ec = exec("COMMIT");
+    if (ec) exec("ROLLBACK");
+  }
+  internal_write = false;
+  if (!ec) {
+    pending_records += nr;
+    pending_bytes += nb;
+    update_stats();
+    if (nr) wake_bg();
+  }
+  return ec;
+}
+
+// ============================================================================ commit
+
+std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool& emitted) {
+  emitted = false;
+  table_state& t = *d.t;
+  std::size_t npk = d.pk.size();
+  sqlite3_stmt* rf = t.read_final.get();
+  reset_guard g{rf};
+  for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), d.pk[i].view());
+  int rc = sqlite3_step(rf);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sql_fail("read row");
+  std::error_code ec;
+  if (rc == SQLITE_DONE) {
+    if (!d.existed_before) return {};  // inserted and deleted within the transaction
+    std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
+    if (ec) return ec;
+    value_view pkv[16];
+    std::vector<value_view> big;
+    value_view* pv = pkv;
+    if (npk > 16) {
+      big.resize(npk);
+      pv = big.data();
+    }
+    for (std::size_t i = 0; i < npk; ++i) pv[i] = d.pk[i].view();
+    event_view ev;
+    ev.kind = event_kind::remove;
+    ev.row_version = ver;
+    ev.values = pv;
+    ev.n_values = npk;
+    ec = append_encoded(evbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+      return encode_event(ev, b, c, w);
+    });
+    emitted = !ec;
+    return ec;
+  }
+  // The row exists. Unchanged since the transaction began (no-op update, or changes undone by
+  // ROLLBACK TO): nothing to send.
+  int ncmp = static_cast<int>(t.compare_table_cols.size());
+  std::vector<value_view> cmpv(static_cast<std::size_t>(ncmp));
+  if (t.serializer_sql.empty()) {
+    // read_final selects exactly the stream columns == compare columns (or only stream columns
+    // without the pre-update hook).
+  }
+  if (d.have_old && t.serializer_sql.empty()) {
+    bool same = true;
+    for (int i = 0; i < ncmp && same; ++i)
+      same = same_value(d.old[static_cast<std::size_t>(i)], column_view(rf, i));
+    if (same) return {};
+  }
+  std::size_t ncol = t.sch.columns.size();
+  std::vector<value_view> vals(ncol);
+  sqlite3_stmt* rc_stmt = nullptr;
+  reset_guard g2{nullptr};
+  if (!t.serializer_sql.empty()) {
+    rc_stmt = t.read_custom.get();
+    g2.s = rc_stmt;
+    sqlite3_reset(rc_stmt);
+    for (std::size_t i = 0; i < npk; ++i)
+      bind_view(rc_stmt, static_cast<int>(i + 1), d.pk[i].view());
+    int r2 = sqlite3_step(rc_stmt);
+    if (r2 == SQLITE_DONE) {
+      last_error = "serializer_sql of '" + t.cqrs_id + "' returned no row";
+      return make_error_code(errc::serialization_failed);
+    }
+    if (r2 != SQLITE_ROW) return sql_fail("serializer_sql");
+    for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(rc_stmt, static_cast<int>(i));
+  } else {
+    for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(rf, static_cast<int>(i));
+  }
+  row_ref rr{t.sch.columns.data(), vals.data(), ncol};
+  // The version counts every committed change, sent or filtered.
+  std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
+  if (ec) return ec;
+  if (t.filter && !t.filter(rr)) return {};
+  std::vector<value> owned;
+  if (t.serializer) {
+    owned.reserve(ncol);
+    for (auto& v : vals) owned.push_back(value::from(v));
+    if (t.serializer(rr, owned) || owned.size() != ncol) {
+      last_error = "serializer of '" + t.cqrs_id + "' failed";
+      return make_error_code(errc::serialization_failed);
+    }
+    for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
+  }
+  std::vector<std::uint32_t> prev_cols;
+  std::vector<value_view> prev_vals;
+  if (d.have_old && !t.tracked.empty()) {
+    for (auto& tr : t.tracked) {
+      // Position of the tracked column within compare_table_cols.
+      for (std::size_t k = 0; k < t.compare_table_cols.size(); ++k) {
+        if (t.compare_table_cols[k] != tr.second) continue;
+        if (!same_value(d.old[k], vals[tr.first])) {
+          prev_cols.push_back(tr.first);
+          prev_vals.push_back(d.old[k].view());
+        }
+        break;
+      }
+    }
+  }
+  event_view ev;
+  ev.kind = event_kind::save;
+  ev.row_version = ver;
+  ev.values = vals.data();
+  ev.n_values = ncol;
+  ev.prev_columns = prev_cols.data();
+  ev.prev_values = prev_vals.data();
+  ev.n_prev = prev_cols.size();
+  ec = append_encoded(evbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+    return encode_event(ev, b, c, w);
+  });
+  emitted = !ec;
+  return ec;
+}
+
+std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
+                                    std::uint64_t& n_events) {
+  if (dirty_overflow) {
+    last_error = "more than max_rows_per_transaction rows changed in one transaction";
+    return make_error_code(errc::outbox_full);
+  }
+  if (dirty.empty()) return {};
+  std::int64_t now = clk->now_ms();
+  // Stable grouping per table, in order of first change.
+  std::vector<std::vector<std::size_t>> per_table(tables.size());
+  for (std::size_t i = 0; i < dirty.size(); ++i) per_table[dirty[i].t->index].push_back(i);
+  for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
+  for (std::size_t ti = 0; ti < tables.size(); ++ti) {
+    if (per_table[ti].empty()) continue;
+    table_state& t = *tables[ti];
+    evbuf.clear();
+    std::size_t n = 0;
+    for (std::size_t idx : per_table[ti]) {
+      bool emitted = false;
+      if (auto ec = encode_dirty(dirty[idx], now, emitted)) return ec;
+      if (!emitted) continue;
+      ++n;
+      ++n_events;
+      if (n >= cfg.max_record_events || evbuf.size() >= cfg.max_record_bytes) {
+        if (auto ec = emit_stream_chunk(t, now, n, new_records, new_bytes)) return ec;
+        n = 0;
+      }
+    }
+    if (n)
+      if (auto ec = emit_stream_chunk(t, now, n, new_records, new_bytes)) return ec;
+    if (t.next_seq != t.saved_next_seq) {
+      sqlite3_stmt* s = st_stream_update.get();
+      reset_guard g{s};
+      sqlite3_bind_int64(s, 1, t.stream_id);
+      sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(t.next_seq));
+      if (sqlite3_step(s) != SQLITE_DONE) return sql_fail("stream seq");
+    }
+  }
+  return {};
+}
+
+// ============================================================================ sync rows
+
+std::error_code master::impl::read_rows(
+    table_state& t, std::string_view where_sql, const std::vector<sql_param>& params,
+    const std::function<std::error_code(std::int64_t, std::size_t, const std::uint8_t*,
+                                        std::size_t)>& emit,
+    std::size_t& rows) {
+  rows = 0;
+  // Keys of the matching rows first, then each row through the same path as capture.
+  std::string pk_cols;
+  for (std::size_t i = 0; i < t.sch.pk.size(); ++i) {
+    if (i) pk_cols += ",";
+    pk_cols += quote_ident(t.sch.columns[t.sch.pk[i]].name);
+  }
+  if (!t.serializer_sql.empty()) {
+    // Stream column names of the pk equal table column names (checked at registration).
+  }
+  std::string sql = "SELECT " + pk_cols + " FROM " + quote_ident(t.table);
+  if (!where_sql.empty()) sql += " WHERE (" + std::string(where_sql) + ")";
+  sql += " ORDER BY " + pk_cols;
+  stmt q;
+  if (q.prepare(db, sql)) {
+    last_error = "sync WHERE: " + std::string(sqlite3_errmsg(db));
+    return make_error_code(errc::invalid_argument);
+  }
+  if (sqlite3_bind_parameter_count(q.get()) != static_cast<int>(params.size())) {
+    last_error = "sync WHERE takes " + std::to_string(sqlite3_bind_parameter_count(q.get())) +
+                 " parameters, " + std::to_string(params.size()) + " given";
+    return make_error_code(errc::invalid_argument);
+  }
+  for (std::size_t i = 0; i < params.size(); ++i)
+    bind_view(q.get(), static_cast<int>(i + 1), params[i].view());
+  std::int64_t t0 = clk->now_ms();
+  std::size_t npk = t.sch.pk.size(), ncol = t.sch.columns.size();
+  std::vector<value_view> vals(ncol);
+  std::vector<value> owned;
+  evbuf.clear();
+  std::size_t n = 0;
+  auto flush_chunk = [&]() -> std::error_code {
+    grpbuf.clear();
+    if (auto ec = append_encoded(grpbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+          return encode_group_head(t0, n, b, c, w);
+        }))
+      return ec;
+    grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.end());
+    std::error_code ec = emit(t0, n, grpbuf.data(), grpbuf.size());
+    evbuf.clear();
+    n = 0;
+    return ec;
+  };
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    std::vector<value> pk;
+    pk.reserve(npk);
+    std::vector<value_view> pkv(npk);
+    for (std::size_t i = 0; i < npk; ++i) {
+      pk.push_back(value::from(column_view(q.get(), static_cast<int>(i))));
+      pkv[i] = pk.back().view();
+    }
+    std::string key = encode_key(pkv.data(), npk);
+    sqlite3_stmt* src;
+    sqlite3_stmt* rf = t.serializer_sql.empty() ? t.read_final.get() : t.read_custom.get();
+    src = rf;
+    reset_guard g{rf};
+    sqlite3_reset(rf);
+    for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), pkv[i]);
+    int r = sqlite3_step(rf);
+    if (r == SQLITE_DONE) continue;
+    if (r != SQLITE_ROW) return sql_fail("sync read");
+    for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(src, static_cast<int>(i));
+    row_ref rr{t.sch.columns.data(), vals.data(), ncol};
+    if (t.filter && !t.filter(rr)) continue;
+    if (t.serializer) {
+      owned.clear();
+      for (auto& v : vals) owned.push_back(value::from(v));
+      if (t.serializer(rr, owned) || owned.size() != ncol) {
+        last_error = "serializer of '" + t.cqrs_id + "' failed";
+        return make_error_code(errc::serialization_failed);
+      }
+      for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
+    }
+    // Version and update time of the row; a row never captured (older than its registration)
+    // is version 1.
+    std::uint64_t ver = 1;
+    std::int64_t updated = t0;
+    {
+      sqlite3_stmt* vs = st_version_get.get();
+      reset_guard gv{vs};
+      sqlite3_bind_int64(vs, 1, t.stream_id);
+      sqlite3_bind_blob(vs, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+      int vr = sqlite3_step(vs);
+      if (vr == SQLITE_ROW) {
+        ver = static_cast<std::uint64_t>(sqlite3_column_int64(vs, 0));
+        updated = sqlite3_column_int64(vs, 1);
+      } else if (vr != SQLITE_DONE) {
+        return sql_fail("version read");
+      }
+    }
+    event_view ev;
+    ev.kind = event_kind::sync;
+    ev.row_version = ver;
+    ev.dt_ms = updated - t0;
+    ev.values = vals.data();
+    ev.n_values = ncol;
+    if (auto ec = append_encoded(evbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+          return encode_event(ev, b, c, w);
+        }))
+      return ec;
+    ++n;
+    ++rows;
+    if (n >= cfg.max_record_events || evbuf.size() >= cfg.max_record_bytes)
+      if (auto ec = flush_chunk()) return ec;
+  }
+  if (rc != SQLITE_DONE) return sql_fail("sync scan");
+  if (n)
+    if (auto ec = flush_chunk()) return ec;
+  return {};
+}
+
+std::error_code master::impl::sync_locked(table_state& t, std::string_view where_sql,
+                                          const std::vector<sql_param>& params,
+                                          std::string_view replica, bool resync,
+                                          std::size_t* synced) {
+  std::size_t rows = 0;
+  std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
+    message ext_msg;
+    ext_msg.target = std::string(replica);
+    if (resync) {
+      ext_msg.reply_to = std::string(replica);
+      ext_msg.has_resync = true;
+      std::uint64_t session = 0;
+      sqlite3_randomness(sizeof session, &session);
+      ext_msg.resync.session = session >> 1;  // stays within 63 bits for SQLite-friendly logs
+      ext_msg.resync.upto_seq = t.next_seq - 1;
+    }
+    std::vector<std::uint8_t> ext;
+    std::int64_t last_id = 0;
+    auto encode_ext = [&]() -> std::error_code {
+      ext.clear();
+      if (!message_has_ext(ext_msg)) return {};
+      return append_encoded(ext, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+        return encode_message_ext(ext_msg, b, c, w);
+      });
+    };
+    std::error_code e = read_rows(
+        t, where_sql, params,
+        [&](std::int64_t, std::size_t n, const std::uint8_t* grp, std::size_t size) {
+          if (auto e2 = encode_ext()) return e2;
+          if (auto e2 = write_record(t, kind_direct, 0, n, replica, &ext, grp, size, nr, nb))
+            return e2;
+          last_id = sqlite3_last_insert_rowid(db);
+          if (resync) ++ext_msg.resync.part;
+          return std::error_code{};
+        },
+        rows);
+    if (e) return e;
+    if (resync) {
+      // The last part carries last = true; an empty table gets one empty part.
+      ext_msg.resync.last = true;
+      if (last_id) --ext_msg.resync.part;
+      if (auto e2 = encode_ext()) return e2;
+      if (last_id) {
+        stmt up;
+        if (up.prepare(db, "UPDATE edgecqrs_outbox SET ext=?2 WHERE id=?1"))
+          return sql_fail("resync");
+        sqlite3_bind_int64(up.get(), 1, last_id);
+        sqlite3_bind_blob(up.get(), 2, ext.data(), static_cast<int>(ext.size()), SQLITE_STATIC);
+        if (sqlite3_step(up.get()) != SQLITE_DONE) return sql_fail("resync");
+      } else {
+        if (auto e2 = write_record(t, kind_direct, 0, 0, replica, &ext, nullptr, 0, nr, nb))
+          return e2;
+      }
+    }
+    return std::error_code{};
+  });
+  if (!ec && synced) *synced = rows;
+  return ec;
+}
+
+// ============================================================================ publisher
+
+std::error_code master::impl::handle_completions() {
+  std::vector<completion> done;
+  {
+    std::lock_guard<std::mutex> lk(snk->mu);
+    done.swap(snk->done);
+  }
+  if (done.empty()) return {};
+  std::vector<inflight_msg> acked;
+  for (auto& c : done) {
+    auto it = inflight.find(c.msg_no);
+    if (it == inflight.end()) continue;
+    inflight_msg m = std::move(it->second);
+    inflight.erase(it);
+    for (auto id : m.ids) inflight_ids.erase(id);
+    if (c.ec) {
+      std::lock_guard<std::mutex> lk(stats_mu);
+      ++st.publish_failures;
+      ++consecutive_failures;
+      std::int64_t b = cfg.backoff_initial_ms;
+      for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
+      backoff_until = clk->steady_ms() + std::min(b, cfg.backoff_max_ms);
+      if (!m.ids.empty()) cursor = std::min(cursor, m.ids.front() - 1);
+      continue;
+    }
+    consecutive_failures = 0;
+    {
+      std::lock_guard<std::mutex> lk(stats_mu);
+      ++st.messages_published;
+      if (m.heartbeat) ++st.heartbeats;
+    }
+    if (!m.ids.empty()) acked.push_back(std::move(m));
+  }
+  if (acked.empty()) return {};
+  std::uint64_t ar = 0, ab = 0, kr = 0, kb = 0;
+  internal_write = true;
+  std::error_code ec = exec("BEGIN IMMEDIATE");
+  if (!ec) {
+    for (auto& m : acked) {
+      for (std::size_t i = 0; i < m.ids.size() && !ec; ++i) {
+        sqlite3_stmt* s = m.kinds[i] == kind_stream ? st_ack.get() : st_delete.get();
+        reset_guard g{s};
+        sqlite3_bind_int64(s, 1, m.ids[i]);
+        if (sqlite3_step(s) != SQLITE_DONE) {
+          ec = sql_fail("ack");
+          break;
+        }
+        if (sqlite3_changes(db) == 0) continue;  // acknowledged twice (duplicate send)
+        ++ar;
+        ab += m.bytes[i];
+        if (m.kinds[i] == kind_stream) {
+          ++kr;
+          kb += m.bytes[i];
+        }
+      }
+    }
+    if (!ec) ec = exec("COMMIT");
+    if (ec) exec("ROLLBACK");
+  }
+  internal_write = false;
+  if (ec) {
+    // The acks are lost: the records stay pending and will be sent again (at-least-once).
+    for (auto& m : acked) cursor = std::min(cursor, m.ids.front() - 1);
+    return ec;
+  }
+  pending_records -= std::min(pending_records, ar);
+  pending_bytes -= std::min(pending_bytes, ab);
+  kept_records += kr;
+  kept_bytes += kb;
+  return {};
+}
+
+std::error_code master::impl::prune() {
+  if (kept_records <= cfg.replay_keep_records && kept_bytes <= cfg.replay_keep_bytes) return {};
+  stmt q;
+  if (q.prepare(db, "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 ORDER BY id"))
+    return sql_fail("prune");
+  std::uint64_t kr = kept_records, kb = kept_bytes;
+  std::int64_t upto = 0;
+  std::uint64_t dr = 0, db_bytes = 0;
+  while ((kr > cfg.replay_keep_records || kb > cfg.replay_keep_bytes) &&
+         sqlite3_step(q.get()) == SQLITE_ROW) {
+    upto = sqlite3_column_int64(q.get(), 0);
+    auto b = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+    --kr;
+    kb -= std::min(kb, b);
+    ++dr;
+    db_bytes += b;
+  }
+  sqlite3_reset(q.get());
+  if (!upto) return {};
+  stmt del;
+  if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND id<=?1"))
+    return sql_fail("prune");
+  sqlite3_bind_int64(del.get(), 1, upto);
+  internal_write = true;
+  int rc = sqlite3_step(del.get());
+  internal_write = false;
+  if (rc != SQLITE_DONE) return sql_fail("prune");
+  kept_records -= std::min(kept_records, dr);
+  kept_bytes -= std::min(kept_bytes, db_bytes);
+  return {};
+}
+
+std::error_code master::impl::publish_pending() {
+  if (!tx || !tx->connected()) return {};
+  std::int64_t now = clk->steady_ms();
+  if (now < backoff_until) return {};
+  std::size_t window = std::min<std::size_t>({cfg.window, tx->max_in_flight(), 90});
+  if (window == 0) window = 1;
+  while (inflight.size() < window) {
+    sqlite3_stmt* s = st_pending.get();
+    reset_guard g{s};
+    sqlite3_bind_int64(s, 1, cursor);
+    sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(cfg.max_message_events + 64));
+    int rc = sqlite3_step(s);
+    // Skip records already in flight (after a rewind).
+    while (rc == SQLITE_ROW && inflight_ids.count(sqlite3_column_int64(s, 0))) {
+      cursor = std::max<std::int64_t>(cursor, sqlite3_column_int64(s, 0));
+      rc = sqlite3_step(s);
+    }
+    if (rc == SQLITE_DONE) return {};
+    if (rc != SQLITE_ROW) return sql_fail("outbox read");
+    inflight_msg m;
+    m.stream = sqlite3_column_int64(s, 1);
+    int kind = sqlite3_column_int(s, 2);
+    auto st_it = by_stream.find(m.stream);
+    if (st_it == by_stream.end()) {
+      // A stream no longer registered: its records wait until it is registered again.
+      cursor = sqlite3_column_int64(s, 0);
+      continue;
+    }
+    table_state& t = *st_it->second;
+    std::string topic;
+    publish_options opts;
+    msgbuf.clear();
+    if (kind == kind_schema) {
+      m.ids.push_back(sqlite3_column_int64(s, 0));
+      m.kinds.push_back(kind);
+      auto n = static_cast<std::size_t>(sqlite3_column_bytes(s, 7));
+      m.bytes.push_back(n);
+      auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
+      msgbuf.assign(p, p + n);
+      topic = t.schema_topic;
+      opts.retain = true;
+    } else if (kind == kind_direct) {
+      m.ids.push_back(sqlite3_column_int64(s, 0));
+      m.kinds.push_back(kind);
+      auto first_seq = static_cast<std::uint64_t>(sqlite3_column_int64(s, 3));
+      std::string target(reinterpret_cast<const char*>(sqlite3_column_text(s, 5)));
+      auto n = static_cast<std::size_t>(sqlite3_column_bytes(s, 7));
+      auto* body = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
+      auto en = static_cast<std::size_t>(sqlite3_column_bytes(s, 6));
+      auto* ext = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 6));
+      m.bytes.push_back(n);
+      std::size_t n_groups = n ? 1 : 0;
+      if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+            return encode_message_head(t.sch.schema_tag, first_seq, n_groups, en != 0, b, c, w);
+          }))
+        return ec;
+      msgbuf.insert(msgbuf.end(), body, body + n);
+      if (en) msgbuf.insert(msgbuf.end(), ext, ext + en);
+      topic = target.empty() ? t.event_topic : direct_topic(cfg.topic_prefix, target, t.cqrs_id);
+    } else {
+      // Stream records: join consecutive records of the same stream with contiguous seqs.
+      auto first_seq = static_cast<std::uint64_t>(sqlite3_column_int64(s, 3));
+      std::uint64_t expect = first_seq;
+      std::size_t events = 0;
+      grpbuf.clear();
+      while (rc == SQLITE_ROW) {
+        std::int64_t id = sqlite3_column_int64(s, 0);
+        if (inflight_ids.count(id) || sqlite3_column_int64(s, 1) != m.stream ||
+            sqlite3_column_int(s, 2) != kind_stream ||
+            static_cast<std::uint64_t>(sqlite3_column_int64(s, 3)) != expect)
+          break;
+        auto ne = static_cast<std::size_t>(sqlite3_column_int64(s, 4));
+        auto n = static_cast<std::size_t>(sqlite3_column_bytes(s, 7));
+        if (!m.ids.empty() && (events + ne > cfg.max_message_events ||
+                               grpbuf.size() + n > cfg.max_message_bytes))
+          break;
+        auto* body = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
+        grpbuf.insert(grpbuf.end(), body, body + n);
+        m.ids.push_back(id);
+        m.kinds.push_back(kind_stream);
+        m.bytes.push_back(n);
+        events += ne;
+        expect += ne;
+        rc = sqlite3_step(s);
+      }
+      if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), false, b, c,
+                                       w);
+          }))
+        return ec;
+      msgbuf.insert(msgbuf.end(), grpbuf.begin(), grpbuf.end());
+      topic = t.event_topic;
+    }
+    sqlite3_reset(s);
+    std::uint64_t no = next_msg_no++;
+    std::weak_ptr<sink> w = snk;
+    std::error_code ec = tx->publish(topic, msgbuf.data(), msgbuf.size(), opts,
+                                     [w, no](std::error_code e) {
+                                       auto sp = w.lock();
+                                       if (!sp) return;
+                                       std::lock_guard<std::mutex> lk(sp->mu);
+                                       if (!sp->alive) return;
+                                       sp->done.push_back({no, e});
+                                       if (sp->wake) sp->wake->notify_one();
+                                     });
+    if (ec) {
+      // Not queued (window full, disconnected): retry after a backoff, nothing lost.
+      std::lock_guard<std::mutex> lk(stats_mu);
+      ++st.publish_failures;
+      ++consecutive_failures;
+      std::int64_t b = cfg.backoff_initial_ms;
+      for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
+      backoff_until = now + std::min(b, cfg.backoff_max_ms);
+      return {};
+    }
+    for (auto id : m.ids) {
+      inflight_ids[id] = true;
+      cursor = std::max(cursor, id);
+    }
+    t.last_publish_ms = now;
+    inflight.emplace(no, std::move(m));
+  }
+  return {};
+}
+
+void master::impl::heartbeats() {
+  if (!tx || cfg.heartbeat_interval_ms <= 0 || !tx->connected()) return;
+  std::int64_t now = clk->steady_ms();
+  if (now < backoff_until) return;
+  std::size_t window = std::min<std::size_t>({cfg.window, tx->max_in_flight(), 90});
+  for (auto& tp : tables) {
+    table_state& t = *tp;
+    if (!t.produce || t.next_seq <= 1) continue;
+    if (now - t.last_publish_ms < cfg.heartbeat_interval_ms) continue;
+    if (inflight.size() >= window || pending_records) return;
+    std::uint8_t buf[64];
+    std::size_t w = 0;
+    if (encode_message_head(t.sch.schema_tag, t.next_seq, 0, false, buf, sizeof buf, w)) continue;
+    std::uint64_t no = next_msg_no++;
+    std::weak_ptr<sink> wk = snk;
+    if (tx->publish(t.event_topic, buf, w, publish_options{}, [wk, no](std::error_code e) {
+          auto sp = wk.lock();
+          if (!sp) return;
+          std::lock_guard<std::mutex> lk(sp->mu);
+          if (sp->alive) sp->done.push_back({no, e});
+        }))
+      return;
+    inflight_msg m;
+    m.stream = t.stream_id;
+    m.heartbeat = true;
+    inflight.emplace(no, std::move(m));
+    t.last_publish_ms = now;
+  }
+}
+
+std::error_code master::impl::handle_control(const std::string& cqrs_id,
+                                             const control_request& c) {
+  auto it = by_id.find(cqrs_id);
+  if (it == by_id.end()) return {};
+  table_state& t = *it->second;
+  if (validate_replica_name(c.replica)) return {};
+  {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    ++st.control_handled;
+  }
+  if (c.op == control_op::schema)
+    return internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) {
+      return enqueue_schema(t, nr, nb);
+    });
+  if (c.op == control_op::replay) {
+    std::uint64_t head = t.next_seq - 1;
+    std::uint64_t from = c.from_seq, to = std::min(c.to_seq, head);
+    if (from == 0 || from > to) return {};
+    // Every seq of [from, to] must be in a kept (or still pending) stream record.
+    stmt q;
+    if (q.prepare(db,
+                  "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
+                  "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
+      return sql_fail("replay");
+    sqlite3_bind_int64(q.get(), 1, t.stream_id);
+    sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(from));
+    sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(to));
+    struct rec {
+      std::uint64_t first, n;
+      std::vector<std::uint8_t> body;
+    };
+    std::vector<rec> recs;
+    std::uint64_t next = from;
+    bool covered = true;
+    std::size_t bytes = 0;
+    while (sqlite3_step(q.get()) == SQLITE_ROW) {
+      rec r;
+      r.first = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+      r.n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 2));
+      if (r.first > next) {
+        covered = false;
+        break;
+      }
+      auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(q.get(), 3));
+      r.body.assign(p, p + sqlite3_column_bytes(q.get(), 3));
+      bytes += r.body.size();
+      next = r.first + r.n;
+      recs.push_back(std::move(r));
+      if (bytes > cfg.max_message_bytes * 16) break;  // bounded: the replica asks again
+    }
+    if (recs.empty() || recs.front().first > from) covered = false;
+    if (covered) {
+      message ext_msg;
+      ext_msg.target = c.replica;
+      ext_msg.reply_to = c.replica;
+      std::vector<std::uint8_t> ext;
+      if (auto ec = append_encoded(ext, [&](std::uint8_t* b, std::size_t cap, std::size_t& w) {
+            return encode_message_ext(ext_msg, b, cap, w);
+          }))
+        return ec;
+      return internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
+        for (auto& r : recs)
+          if (auto ec = write_record(t, kind_direct, r.first, r.n, c.replica, &ext, r.body.data(),
+                                     r.body.size(), nr, nb))
+            return ec;
+        return std::error_code{};
+      });
+    }
+    // The range is gone: answer with a full re-sync.
+  }
+  return sync_locked(t, "", {}, c.replica, true, nullptr);
+}
+
+std::error_code master::impl::poll_locked() {
+  std::error_code first;
+  auto keep = [&](std::error_code e) {
+    if (e && !first) first = e;
+  };
+  keep(handle_completions());
+  keep(prune());
+  std::deque<std::pair<std::string, control_request>> ctl;
+  {
+    std::lock_guard<std::mutex> lk(snk->mu);
+    ctl.swap(snk->control);
+    std::lock_guard<std::mutex> lk2(stats_mu);
+    st.control_dropped = snk->control_dropped;
+  }
+  for (auto& c : ctl) keep(handle_control(c.first, c.second));
+  keep(publish_pending());
+  heartbeats();
+  update_stats();
+  return first;
+}
+
+// ============================================================================ master
+
+master::master(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+
+master::~master() {
+  stop();
+  if (!impl_) return;
+  sqlite3* db = impl_->db;
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  sqlite3_preupdate_hook(db, nullptr, nullptr);
+#else
+  sqlite3_update_hook(db, nullptr, nullptr);
+#endif
+  sqlite3_commit_hook(db, nullptr, nullptr);
+  sqlite3_rollback_hook(db, nullptr, nullptr);
+  sqlite3_set_authorizer(db, nullptr, nullptr);
+  if (impl_->tx)
+    for (auto& t : impl_->tables) impl_->tx->unsubscribe(t->control_topic);
+  bool owns = impl_->owns_db;
+  impl_.reset();
+  if (owns) sqlite3_close_v2(db);
+}
+
+std::error_code master::attach(sqlite3* db, const master_config& cfg, transport* tx,
+                               std::unique_ptr<master>& out, clock& clk) {
+  if (!db) return make_error_code(errc::invalid_argument);
+  if (auto ec = validate_topic_prefix(cfg.topic_prefix)) return ec;
+  if (!sqlite3_get_autocommit(db)) return make_error_code(errc::nested_transaction);
+  auto p = std::make_unique<impl>();
+  p->db = db;
+  p->cfg = cfg;
+  p->tx = tx;
+  p->clk = &clk;
+  if (auto ec = p->init()) return ec;
+  out.reset(new master(std::move(p)));
+  return {};
+}
+
+std::error_code master::open(const std::string& path, const master_config& cfg, transport* tx,
+                             std::unique_ptr<master>& out, clock& clk) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    sqlite3_close_v2(db);
+    return make_error_code(errc::sqlite_error);
+  }
+  sqlite3_busy_timeout(db, 5000);
+  sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
+               nullptr, nullptr, nullptr);
+  std::error_code ec = attach(db, cfg, tx, out, clk);
+  if (ec) {
+    sqlite3_close_v2(db);
+    return ec;
+  }
+  out->impl_->owns_db = true;
+  return {};
+}
+
+sqlite3* master::db() const { return impl_->db; }
+
+std::error_code master::register_table(const table_options& opts) {
+  if (impl_->in_txn) return make_error_code(errc::nested_transaction);
+  std::lock_guard<std::mutex> lk(impl_->txn_mu);
+  return impl_->register_table(opts);
+}
+
+bool master::schema_of(std::string_view cqrs_id, schema& out) const {
+  std::lock_guard<std::mutex> lk(impl_->stats_mu);
+  auto it = impl_->by_id.find(cqrs_id);
+  if (it == impl_->by_id.end()) return false;
+  out = it->second->sch;
+  return true;
+}
+
+std::error_code master::begin() {
+  impl& m = *impl_;
+  if (m.in_txn && m.txn_owner == std::this_thread::get_id())
+    return make_error_code(errc::nested_transaction);
+  std::unique_lock<std::mutex> lk(m.txn_mu);
+  if (!sqlite3_get_autocommit(m.db)) return make_error_code(errc::nested_transaction);
+  m.clear_dirty();
+  if (auto ec = m.exec("BEGIN IMMEDIATE")) return ec;
+  m.txn_lock = std::move(lk);
+  m.txn_owner = std::this_thread::get_id();
+  m.in_txn = true;
+  return {};
+}
+
+std::error_code master::commit() {
+  impl& m = *impl_;
+  if (!m.in_txn || m.txn_owner != std::this_thread::get_id())
+    return make_error_code(errc::not_in_transaction);
+  auto finish = [&] {
+    m.in_txn = false;
+    m.txn_lock.unlock();
+  };
+  if (sqlite3_get_autocommit(m.db)) {
+    // The body committed or rolled back by itself (plain SQL): our transaction is gone.
+    m.clear_dirty();
+    finish();
+    m.last_error = "the transaction was ended outside master::commit()";
+    return make_error_code(errc::not_in_transaction);
+  }
+  std::uint64_t nr = 0, nb = 0, ne = 0;
+  m.internal_write = true;
+  std::error_code ec = m.flush(nr, nb, ne);
+  m.internal_write = false;
+  if (!ec) {
+    m.committing = true;
+    ec = m.exec("COMMIT");
+    m.committing = false;
+  }
+  if (ec) {
+    m.internal_write = true;
+    if (!sqlite3_get_autocommit(m.db)) m.exec("ROLLBACK");
+    m.internal_write = false;
+    for (auto& t : m.tables) t->next_seq = t->saved_next_seq;
+  } else {
+    m.pending_records += nr;
+    m.pending_bytes += nb;
+    std::lock_guard<std::mutex> lk(m.stats_mu);
+    if (ne) ++m.st.transactions;
+    m.st.events += ne;
+  }
+  m.clear_dirty();
+  m.update_stats();
+  finish();
+  if (!ec && nr) m.wake_bg();
+  return ec;
+}
+
+std::error_code master::rollback() {
+  impl& m = *impl_;
+  if (!m.in_txn || m.txn_owner != std::this_thread::get_id())
+    return make_error_code(errc::not_in_transaction);
+  std::error_code ec;
+  if (!sqlite3_get_autocommit(m.db)) ec = m.exec("ROLLBACK");
+  m.clear_dirty();
+  m.in_txn = false;
+  m.txn_lock.unlock();
+  return ec;
+}
+
+std::error_code master::transaction(const std::function<std::error_code(sqlite3*)>& body) {
+  if (auto ec = begin()) return ec;
+  std::error_code ec = body(impl_->db);
+  if (ec) {
+    rollback();
+    return ec;
+  }
+  return commit();
+}
+
+std::error_code master::sync(std::string_view cqrs_id, std::string_view where_sql,
+                             const std::vector<sql_param>& params, std::string_view replica,
+                             std::size_t* synced) {
+  impl& m = *impl_;
+  if (m.in_txn && m.txn_owner == std::this_thread::get_id())
+    return make_error_code(errc::nested_transaction);
+  if (!replica.empty())
+    if (auto ec = validate_replica_name(replica)) return ec;
+  std::lock_guard<std::mutex> lk(m.txn_mu);
+  auto it = m.by_id.find(cqrs_id);
+  if (it == m.by_id.end()) return make_error_code(errc::unknown_stream);
+  return m.sync_locked(*it->second, where_sql, params, replica, false, synced);
+}
+
+std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
+                             std::size_t* rows) {
+  impl& m = *impl_;
+  if (m.in_txn && m.txn_owner == std::this_thread::get_id())
+    return make_error_code(errc::nested_transaction);
+  std::lock_guard<std::mutex> lk(m.txn_mu);
+  auto it = m.by_id.find(cqrs_id);
+  if (it == m.by_id.end()) return make_error_code(errc::unknown_stream);
+  auto& t = *it->second;
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) return make_error_code(errc::io_error);
+  std::vector<std::uint8_t> out;
+  // Header: ["edgecqrs-dump", 1, schema-message]
+  static const char kMagic[] = "edgecqrs-dump";
+  out.push_back(0x83);
+  out.push_back(static_cast<std::uint8_t>(0x60 | (sizeof kMagic - 1)));
+  out.insert(out.end(), kMagic, kMagic + sizeof kMagic - 1);
+  out.push_back(0x01);
+  std::error_code ec = append_encoded(out, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+    return encode_schema(t.sch, b, c, w);
+  });
+  bool io_ok = !ec && std::fwrite(out.data(), 1, out.size(), f) == out.size();
+  std::size_t n_rows = 0;
+  if (!ec && io_ok) {
+    // One read transaction: a consistent snapshot of the table.
+    m.internal_write = true;
+    ec = m.exec("BEGIN");
+    if (!ec) {
+      ec = m.read_rows(
+          t, "", {},
+          [&](std::int64_t, std::size_t, const std::uint8_t* grp, std::size_t size) {
+            out.clear();
+            if (auto e = append_encoded(out, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+                  return encode_message_head(t.sch.schema_tag, 0, 1, false, b, c, w);
+                }))
+              return e;
+            out.insert(out.end(), grp, grp + size);
+            if (std::fwrite(out.data(), 1, out.size(), f) != out.size()) {
+              io_ok = false;
+              return make_error_code(errc::io_error);
+            }
+            return std::error_code{};
+          },
+          n_rows);
+      m.exec("COMMIT");
+    }
+    m.internal_write = false;
+  }
+  if (std::fclose(f) != 0) io_ok = false;
+  if (!ec && !io_ok) ec = make_error_code(errc::io_error);
+  if (!ec && rows) *rows = n_rows;
+  return ec;
+}
+
+void master::set_transport(transport* tx) {
+  impl& m = *impl_;
+  std::lock_guard<std::mutex> lk(m.txn_mu);
+  m.tx = tx;
+  m.inflight.clear();
+  m.inflight_ids.clear();
+  m.cursor = 0;
+  if (tx)
+    for (auto& t : m.tables) m.subscribe_control(*t);
+}
+
+std::error_code master::poll() {
+  impl& m = *impl_;
+  if (m.in_txn && m.txn_owner == std::this_thread::get_id())
+    return make_error_code(errc::nested_transaction);
+  std::lock_guard<std::mutex> lk(m.txn_mu);
+  return m.poll_locked();
+}
+
+std::error_code master::start(std::int64_t interval_ms) {
+  impl& m = *impl_;
+  if (m.bg.joinable()) return make_error_code(errc::invalid_argument);
+  {
+    std::lock_guard<std::mutex> lk(m.snk->mu);
+    m.snk->wake = &m.bg_cv;
+  }
+  m.bg_stop = false;
+  m.bg = std::thread([&m, interval_ms] {
+    std::unique_lock<std::mutex> lk(m.bg_mu);
+    while (!m.bg_stop) {
+      m.bg_cv.wait_for(lk, std::chrono::milliseconds(std::max<std::int64_t>(1, interval_ms)),
+                       [&] { return m.bg_stop || m.bg_wake; });
+      m.bg_wake = false;
+      if (m.bg_stop) break;
+      lk.unlock();
+      {
+        std::lock_guard<std::mutex> tl(m.txn_mu);
+        m.poll_locked();
+      }
+      lk.lock();
+    }
+  });
+  return {};
+}
+
+void master::stop() {
+  if (!impl_ || !impl_->bg.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lk(impl_->bg_mu);
+    impl_->bg_stop = true;
+    impl_->bg_cv.notify_one();
+  }
+  impl_->bg.join();
+  std::lock_guard<std::mutex> lk(impl_->snk->mu);
+  impl_->snk->wake = nullptr;
+}
+
+master_stats master::stats() const {
+  std::lock_guard<std::mutex> lk(impl_->stats_mu);
+  master_stats s = impl_->st;
+  s.unmanaged_writes_refused = impl_->unmanaged_refused.load();
+  return s;
+}
+
+std::uint64_t master::head_seq(std::string_view cqrs_id) const {
+  std::lock_guard<std::mutex> lk(impl_->stats_mu);
+  auto it = impl_->by_id.find(cqrs_id);
+  return it == impl_->by_id.end() ? 0 : it->second->next_seq - 1;
+}
+
+std::string master::last_error_message() const { return impl_->last_error; }
+
+bool master::has_preupdate_hook() noexcept {
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace edgecqrs

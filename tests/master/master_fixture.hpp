@@ -1,0 +1,56 @@
+// Test fixture for the master: an in-memory (or file) database, a loopback broker, a subscriber
+// that decodes every event message it receives.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edgecqrs/clock.hpp"
+#include "edgecqrs/codec.hpp"
+#include "edgecqrs/master.hpp"
+#include "edgecqrs/ports/loopback.hpp"
+
+namespace edgecqrs::test {
+
+struct received {
+  std::string topic;
+  message msg;
+};
+
+class master_fixture {
+ public:
+  explicit master_fixture(master_config cfg = {}, const std::string& path = ":memory:");
+  ~master_fixture();
+
+  // Runs SQL on the connection; fails the test on error.
+  void sql(const std::string& s);
+  // Runs SQL inside master.transaction(); returns its result.
+  std::error_code txn(const std::string& s);
+  // Polls the master and pumps the broker until quiet.
+  void drain(int rounds = 20);
+  // Received event messages on the broadcast topic of `cqrs_id` (heartbeats excluded), all
+  // events flattened in arrival order.
+  std::vector<event> events(const std::string& cqrs_id) const;
+  std::vector<std::uint64_t> seqs(const std::string& cqrs_id) const;
+  void clear() { got.clear(); }
+  std::int64_t count(const std::string& query);
+
+  fake_clock clk;
+  loopback::broker broker{7, &clk};
+  std::unique_ptr<loopback::client> pub_client;
+  std::unique_ptr<loopback::client> sub_client;
+  sqlite3* db = nullptr;
+  std::unique_ptr<master> m;
+  std::vector<received> got;
+};
+
+value I(std::int64_t v);
+value T(const std::string& s);
+value R(double d);
+value N();
+
+}  // namespace edgecqrs::test

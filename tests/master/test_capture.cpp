@@ -1,0 +1,510 @@
+// Capture correctness: one test per case, each checking the exact events published.
+#include <doctest/doctest.h>
+
+#include "edgecqrs/errors.hpp"
+#include "master_fixture.hpp"
+
+using namespace edgecqrs;
+using namespace edgecqrs::test;
+
+namespace {
+
+void check_event(const event& e, event_kind kind, std::uint64_t version,
+                 const std::vector<value>& values) {
+  CHECK(e.kind == kind);
+  CHECK(e.row_version == version);
+  REQUIRE(e.values.size() == values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) CHECK_MESSAGE(e.values[i] == values[i], "column " << i);
+}
+
+struct readings : master_fixture {
+  explicit readings(master_config cfg = {}) : master_fixture(cfg) {
+    sql("CREATE TABLE reading(id INTEGER PRIMARY KEY, name TEXT, value REAL, updated INTEGER)");
+    table_options o;
+    o.table = "reading";
+    o.cqrs_id = "reading";
+    REQUIRE_FALSE(m->register_table(o));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("capture: insert is one save event, version 1, seq 1") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'a',21.5,100)"));
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 1);
+  check_event(ev[0], event_kind::save, 1, {I(1), T("a"), R(21.5), I(100)});
+  CHECK(ev[0].updated_ms == f.clk.now_ms());
+  CHECK(f.seqs("reading") == std::vector<std::uint64_t>{1});
+  CHECK(f.m->head_seq("reading") == 1);
+}
+
+TEST_CASE("capture: update sends the final state with the next version") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'a',1.0,1)"));
+  REQUIRE_FALSE(f.txn("UPDATE reading SET value=2.5, name='b' WHERE id=1"));
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 2);
+  check_event(ev[1], event_kind::save, 2, {I(1), T("b"), R(2.5), I(1)});
+  CHECK(f.seqs("reading") == std::vector<std::uint64_t>{1, 2});
+}
+
+TEST_CASE("capture: delete sends the key with the next version (versioned tombstone)") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(7,'a',1.0,1)"));
+  REQUIRE_FALSE(f.txn("UPDATE reading SET value=3 WHERE id=7"));
+  REQUIRE_FALSE(f.txn("DELETE FROM reading WHERE id=7"));
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(7,'again',1.0,1)"));
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 4);
+  check_event(ev[2], event_kind::remove, 3, {I(7)});
+  // A re-insert after a delete outranks the tombstone.
+  check_event(ev[3], event_kind::save, 4, {I(7), T("again"), R(1.0), I(1)});
+}
+
+TEST_CASE("capture: DELETE without WHERE (truncate optimisation defeated)") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'a',1,1); INSERT INTO reading VALUES(2,'b',2,2);"
+                      "INSERT INTO reading VALUES(3,'c',3,3)"));
+  REQUIRE_FALSE(f.txn("DELETE FROM reading"));
+  CHECK(f.count("SELECT count(*) FROM reading") == 0);
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 6);
+  check_event(ev[3], event_kind::remove, 2, {I(1)});
+  check_event(ev[4], event_kind::remove, 2, {I(2)});
+  check_event(ev[5], event_kind::remove, 2, {I(3)});
+}
+
+TEST_CASE("capture: INSERT OR REPLACE over an existing row") {
+  master_fixture f;
+  f.sql("CREATE TABLE dev(id INTEGER PRIMARY KEY, serial TEXT UNIQUE, v INTEGER)");
+  table_options o;
+  o.table = "dev";
+  o.cqrs_id = "dev";
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO dev VALUES(1,'s1',10); INSERT INTO dev VALUES(2,'s2',20)"));
+  // Same key: one save with the new state.
+  REQUIRE_FALSE(f.txn("INSERT OR REPLACE INTO dev VALUES(1,'s1',11)"));
+  f.drain();
+  auto ev = f.events("dev");
+  REQUIRE(ev.size() == 3);
+  check_event(ev[2], event_kind::save, 2, {I(1), T("s1"), I(11)});
+  if (master::has_preupdate_hook()) {
+    // Conflict on a UNIQUE column: REPLACE deletes row 2 (no update hook call): captured.
+    f.clear();
+    REQUIRE_FALSE(f.txn("INSERT OR REPLACE INTO dev VALUES(3,'s2',30)"));
+    f.drain();
+    ev = f.events("dev");
+    REQUIRE(ev.size() == 2);
+    check_event(ev[0], event_kind::remove, 2, {I(2)});
+    check_event(ev[1], event_kind::save, 1, {I(3), T("s2"), I(30)});
+  }
+}
+
+TEST_CASE("capture: UPSERT (ON CONFLICT DO UPDATE)") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'a',1,1)"));
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'a',9,9) ON CONFLICT(id) DO UPDATE SET "
+                      "value=excluded.value; INSERT INTO reading VALUES(2,'n',2,2) ON CONFLICT(id) "
+                      "DO UPDATE SET value=excluded.value"));
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 3);
+  check_event(ev[1], event_kind::save, 2, {I(1), T("a"), R(9), I(1)});
+  check_event(ev[2], event_kind::save, 1, {I(2), T("n"), R(2), I(2)});
+}
+
+TEST_CASE("capture: an UPDATE changing the primary key is delete old + save new") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'a',1,1)"));
+  REQUIRE_FALSE(f.txn("UPDATE reading SET id=5 WHERE id=1"));
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 3);
+  check_event(ev[1], event_kind::remove, 2, {I(1)});
+  check_event(ev[2], event_kind::save, 1, {I(5), T("a"), R(1), I(1)});
+}
+
+TEST_CASE("capture: ON DELETE CASCADE into another registered table") {
+  master_fixture f;
+  f.sql("CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT);"
+        "CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id) "
+        "ON DELETE CASCADE, x INTEGER)");
+  table_options p, c;
+  p.table = "parent";
+  p.cqrs_id = "parent";
+  c.table = "child";
+  c.cqrs_id = "child";
+  REQUIRE_FALSE(f.m->register_table(p));
+  REQUIRE_FALSE(f.m->register_table(c));
+  REQUIRE_FALSE(f.txn("INSERT INTO parent VALUES(1,'p'); INSERT INTO child VALUES(10,1,0);"
+                      "INSERT INTO child VALUES(11,1,0)"));
+  REQUIRE_FALSE(f.txn("DELETE FROM parent WHERE id=1"));
+  CHECK(f.count("SELECT count(*) FROM child") == 0);
+  f.drain();
+  auto pe = f.events("parent");
+  auto ce = f.events("child");
+  REQUIRE(pe.size() == 2);
+  REQUIRE(ce.size() == 4);
+  check_event(pe[1], event_kind::remove, 2, {I(1)});
+  check_event(ce[2], event_kind::remove, 2, {I(10)});
+  check_event(ce[3], event_kind::remove, 2, {I(11)});
+  CHECK(f.seqs("child") == std::vector<std::uint64_t>{1, 2, 3, 4});
+}
+
+TEST_CASE("capture: a trigger writing a registered table") {
+  master_fixture f;
+  f.sql("CREATE TABLE item(id INTEGER PRIMARY KEY, qty INTEGER);"
+        "CREATE TABLE audit(id INTEGER PRIMARY KEY AUTOINCREMENT, item_id INTEGER, qty INTEGER);"
+        "CREATE TRIGGER item_audit AFTER UPDATE ON item BEGIN "
+        "INSERT INTO audit(item_id, qty) VALUES(new.id, new.qty); END");
+  table_options a;
+  a.table = "audit";
+  a.cqrs_id = "audit";
+  REQUIRE_FALSE(f.m->register_table(a));  // item itself is not registered
+  REQUIRE_FALSE(f.txn("INSERT INTO item VALUES(1, 5)"));
+  REQUIRE_FALSE(f.txn("UPDATE item SET qty=6 WHERE id=1"));
+  f.drain();
+  CHECK(f.events("item").empty());
+  auto ev = f.events("audit");
+  REQUIRE(ev.size() == 1);
+  check_event(ev[0], event_kind::save, 1, {I(1), I(1), I(6)});
+}
+
+TEST_CASE("capture: ROLLBACK TO a savepoint publishes only what stays") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'keep',1,1); INSERT INTO reading VALUES(2,'old',2,2)"));
+  f.drain();
+  f.clear();
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(3,'new',3,3);"
+                      "SAVEPOINT sp;"
+                      "INSERT INTO reading VALUES(4,'gone',4,4);"
+                      "UPDATE reading SET name='undone' WHERE id IN (2,3);"
+                      "DELETE FROM reading WHERE id=1;"
+                      "ROLLBACK TO sp; RELEASE sp;"));
+  f.drain();
+  auto ev = f.events("reading");
+  if (master::has_preupdate_hook()) {
+    // Rows 1 and 2 are unchanged after the rollback: no event. Row 4 never committed.
+    REQUIRE(ev.size() == 1);
+    check_event(ev[0], event_kind::save, 1, {I(3), T("new"), R(3), I(3)});
+  } else {
+    // Without old values, rows touched and restored are re-sent with their (unchanged) state.
+    REQUIRE(ev.size() == 3);
+    for (auto& e : ev) CHECK(e.kind == event_kind::save);
+  }
+  for (auto& e : ev) CHECK(e.values[0] != I(4));
+}
+
+TEST_CASE("capture: a full rollback publishes nothing and consumes no seq") {
+  readings f;
+  REQUIRE_FALSE(f.m->begin());
+  f.sql("INSERT INTO reading VALUES(1,'x',1,1)");
+  REQUIRE_FALSE(f.m->rollback());
+  // A body error rolls back too.
+  CHECK(f.m->transaction([&](sqlite3* d) {
+    sqlite3_exec(d, "INSERT INTO reading VALUES(2,'y',1,1)", nullptr, nullptr, nullptr);
+    return make_error_code(errc::invalid_argument);
+  }) == errc::invalid_argument);
+  CHECK(f.count("SELECT count(*) FROM reading") == 0);
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(3,'z',1,1)"));
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 1);
+  check_event(ev[0], event_kind::save, 1, {I(3), T("z"), R(1), I(1)});
+  CHECK(f.seqs("reading") == std::vector<std::uint64_t>{1});
+}
+
+TEST_CASE("capture: the same row changed 1000 times in one transaction is one event") {
+  readings f;
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(1,'a',0,0)"));
+  REQUIRE_FALSE(f.m->transaction([](sqlite3* d) -> std::error_code {
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(d, "UPDATE reading SET value=?1 WHERE id=1", -1, &s, nullptr);
+    for (int i = 1; i <= 1000; ++i) {
+      sqlite3_bind_int(s, 1, i);
+      if (sqlite3_step(s) != SQLITE_DONE) return make_error_code(errc::sqlite_error);
+      sqlite3_reset(s);
+    }
+    sqlite3_finalize(s);
+    return {};
+  }));
+  f.drain();
+  auto ev = f.events("reading");
+  REQUIRE(ev.size() == 2);
+  check_event(ev[1], event_kind::save, 2, {I(1), T("a"), R(1000), I(0)});
+}
+
+TEST_CASE("capture: unregistered tables produce nothing and are not refused") {
+  readings f;
+  f.sql("CREATE TABLE other(id INTEGER PRIMARY KEY, x)");
+  f.sql("INSERT INTO other VALUES(1, 2)");  // autocommit, outside the API: fine
+  REQUIRE_FALSE(f.txn("INSERT INTO other VALUES(2, 3)"));
+  f.drain();
+  CHECK(f.got.empty());
+  CHECK(f.count("SELECT count(*) FROM other") == 2);
+}
+
+TEST_CASE("capture: WITHOUT ROWID tables") {
+  master_fixture f;
+  f.sql("CREATE TABLE kv(k TEXT, n INTEGER, v BLOB, PRIMARY KEY(k, n)) WITHOUT ROWID");
+  table_options o;
+  o.table = "kv";
+  o.cqrs_id = "kv";
+  std::error_code ec = f.m->register_table(o);
+  if (!master::has_preupdate_hook()) {
+    CHECK(ec == errc::unsupported_table);
+    CHECK(f.m->last_error_message().find("WITHOUT ROWID") != std::string::npos);
+    return;
+  }
+  REQUIRE_FALSE(ec);
+  REQUIRE_FALSE(f.txn("INSERT INTO kv VALUES('a', 1, x'01')"));
+  REQUIRE_FALSE(f.txn("UPDATE kv SET v=x'0203' WHERE k='a'"));
+  REQUIRE_FALSE(f.txn("UPDATE kv SET n=2 WHERE k='a'"));
+  REQUIRE_FALSE(f.txn("DELETE FROM kv"));
+  f.drain();
+  auto ev = f.events("kv");
+  REQUIRE(ev.size() == 5);
+  check_event(ev[0], event_kind::save, 1, {T("a"), I(1), value::blob("\x01", 1)});
+  check_event(ev[1], event_kind::save, 2, {T("a"), I(1), value::blob("\x02\x03", 2)});
+  check_event(ev[2], event_kind::remove, 3, {T("a"), I(1)});
+  check_event(ev[3], event_kind::save, 1, {T("a"), I(2), value::blob("\x02\x03", 2)});
+  check_event(ev[4], event_kind::remove, 2, {T("a"), I(2)});
+}
+
+TEST_CASE("capture: filtered rows send no save; deletes are always sent") {
+  master_fixture f;
+  f.sql("CREATE TABLE s(id INTEGER PRIMARY KEY, public INTEGER, x TEXT)");
+  table_options o;
+  o.table = "s";
+  o.cqrs_id = "s";
+  o.filter = [](const row_ref& r) { return r.get("public").i == 1; };
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO s VALUES(1,1,'pub'); INSERT INTO s VALUES(2,0,'priv')"));
+  REQUIRE_FALSE(f.txn("UPDATE s SET public=1 WHERE id=2"));
+  REQUIRE_FALSE(f.txn("DELETE FROM s WHERE id=2"));
+  f.drain();
+  auto ev = f.events("s");
+  REQUIRE(ev.size() == 3);
+  check_event(ev[0], event_kind::save, 1, {I(1), I(1), T("pub")});
+  // The version counts the filtered change too.
+  check_event(ev[1], event_kind::save, 2, {I(2), I(1), T("priv")});
+  check_event(ev[2], event_kind::remove, 3, {I(2)});
+}
+
+TEST_CASE("capture: a column subset, and changes to unsent columns only") {
+  master_fixture f;
+  f.sql("CREATE TABLE w(id INTEGER PRIMARY KEY, a TEXT, secret TEXT, b INTEGER)");
+  table_options o;
+  o.table = "w";
+  o.cqrs_id = "w";
+  o.columns = {"b", "id"};
+  REQUIRE_FALSE(f.m->register_table(o));
+  schema s;
+  REQUIRE(f.m->schema_of("w", s));
+  REQUIRE(s.columns.size() == 2);
+  CHECK(s.columns[0].name == "b");
+  CHECK(s.pk == std::vector<std::uint32_t>{1});
+  REQUIRE_FALSE(f.txn("INSERT INTO w VALUES(1,'x','pw',5)"));
+  REQUIRE_FALSE(f.txn("UPDATE w SET secret='pw2' WHERE id=1"));
+  f.drain();
+  auto ev = f.events("w");
+  if (master::has_preupdate_hook()) {
+    REQUIRE(ev.size() == 1);  // the sent columns did not change
+  } else {
+    REQUIRE(ev.size() == 2);
+  }
+  check_event(ev[0], event_kind::save, 1, {I(5), I(1)});
+}
+
+TEST_CASE("capture: tracked columns carry their previous values when they changed") {
+  master_fixture f;
+  f.sql("CREATE TABLE acc(id INTEGER PRIMARY KEY, status TEXT, balance INTEGER, note TEXT)");
+  table_options o;
+  o.table = "acc";
+  o.cqrs_id = "acc";
+  o.tracked = {"status", "balance"};
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO acc VALUES(1,'new',10,'n')"));
+  REQUIRE_FALSE(f.txn("UPDATE acc SET status='open', note='m' WHERE id=1;"
+                      "UPDATE acc SET status='active' WHERE id=1"));
+  f.drain();
+  auto ev = f.events("acc");
+  REQUIRE(ev.size() == 2);
+  CHECK(ev[0].previous.empty());
+  check_event(ev[1], event_kind::save, 2, {I(1), T("active"), I(10), T("m")});
+  if (master::has_preupdate_hook()) {
+    REQUIRE(ev[1].previous.size() == 1);
+    CHECK(ev[1].previous[0].column == 1);
+    CHECK(ev[1].previous[0].old == T("new"));
+  } else {
+    CHECK(ev[1].previous.empty());
+  }
+}
+
+TEST_CASE("capture: custom serialization with a join") {
+  master_fixture f;
+  f.sql("CREATE TABLE site(id INTEGER PRIMARY KEY, city TEXT);"
+        "CREATE TABLE sensor(id INTEGER PRIMARY KEY, site_id INTEGER, kind TEXT)");
+  table_options o;
+  o.table = "sensor";
+  o.cqrs_id = "sensor";
+  o.serializer_sql =
+      "SELECT sensor.id AS id, sensor.kind AS kind, site.city AS city FROM sensor "
+      "LEFT JOIN site ON site.id = sensor.site_id WHERE sensor.id = ?1";
+  REQUIRE_FALSE(f.m->register_table(o));
+  schema s;
+  REQUIRE(f.m->schema_of("sensor", s));
+  REQUIRE(s.columns.size() == 3);
+  CHECK(s.columns[2].name == "city");
+  REQUIRE_FALSE(f.txn("INSERT INTO site VALUES(1,'Oslo'); INSERT INTO sensor VALUES(9,1,'temp')"));
+  REQUIRE_FALSE(f.txn("DELETE FROM sensor WHERE id=9"));
+  f.drain();
+  auto ev = f.events("sensor");
+  REQUIRE(ev.size() == 2);
+  check_event(ev[0], event_kind::save, 1, {I(9), T("temp"), T("Oslo")});
+  check_event(ev[1], event_kind::remove, 2, {I(9)});
+}
+
+TEST_CASE("capture: custom serialization callback; its failure fails the commit") {
+  master_fixture f;
+  f.sql("CREATE TABLE c(id INTEGER PRIMARY KEY, name TEXT)");
+  table_options o;
+  o.table = "c";
+  o.cqrs_id = "c";
+  o.serializer = [](const row_ref& in, std::vector<value>& out) -> std::error_code {
+    if (in.get("name").size == 0) return make_error_code(errc::invalid_argument);
+    out[1] = value::text("upper:" + std::string(in.get("name").bytes()));
+    return {};
+  };
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO c VALUES(1,'x')"));
+  CHECK(f.txn("INSERT INTO c VALUES(2,'')") == errc::serialization_failed);
+  CHECK(f.count("SELECT count(*) FROM c") == 1);
+  f.drain();
+  auto ev = f.events("c");
+  REQUIRE(ev.size() == 1);
+  check_event(ev[0], event_kind::save, 1, {I(1), T("upper:x")});
+}
+
+TEST_CASE("capture: a commit that bypasses the API is refused, never dropped") {
+  readings f;
+  char* err = nullptr;
+  int rc = sqlite3_exec(f.db, "INSERT INTO reading VALUES(1,'x',1,1)", nullptr, nullptr, &err);
+  sqlite3_free(err);
+  CHECK(rc == SQLITE_CONSTRAINT);
+  CHECK(sqlite3_extended_errcode(f.db) == SQLITE_CONSTRAINT_COMMITHOOK);
+  rc = sqlite3_exec(f.db, "BEGIN; INSERT INTO reading VALUES(2,'y',1,1); COMMIT", nullptr, nullptr,
+                    &err);
+  sqlite3_free(err);
+  CHECK(rc == SQLITE_CONSTRAINT);
+  if (!sqlite3_get_autocommit(f.db)) f.sql("ROLLBACK");
+  CHECK(f.count("SELECT count(*) FROM reading") == 0);
+  CHECK(f.m->stats().unmanaged_writes_refused == 2);
+  // COMMIT inside the body ends the transaction: commit() reports it and the change is refused.
+  CHECK(f.txn("INSERT INTO reading VALUES(3,'z',1,1); COMMIT") == errc::sqlite_error);
+  CHECK(f.count("SELECT count(*) FROM reading") == 0);
+  // The API still works afterwards.
+  REQUIRE_FALSE(f.txn("INSERT INTO reading VALUES(4,'ok',1,1)"));
+  f.drain();
+  CHECK(f.events("reading").size() == 1);
+}
+
+TEST_CASE("capture: a large transaction spans records with gap-free seqs") {
+  master_config cfg;
+  cfg.max_record_events = 100;
+  readings f(cfg);
+  REQUIRE_FALSE(f.m->transaction([](sqlite3* d) -> std::error_code {
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(d, "INSERT INTO reading VALUES(?1,'n',1.5,0)", -1, &s, nullptr);
+    for (int i = 1; i <= 1050; ++i) {
+      sqlite3_bind_int(s, 1, i);
+      if (sqlite3_step(s) != SQLITE_DONE) return make_error_code(errc::sqlite_error);
+      sqlite3_reset(s);
+    }
+    sqlite3_finalize(s);
+    return {};
+  }));
+  CHECK(f.count("SELECT count(*) FROM edgecqrs_outbox WHERE kind=0") == 11);
+  f.drain();
+  auto sq = f.seqs("reading");
+  REQUIRE(sq.size() == 1050);
+  for (std::size_t i = 0; i < sq.size(); ++i) CHECK(sq[i] == i + 1);
+  auto ev = f.events("reading");
+  CHECK(ev.back().values[0] == I(1050));
+}
+
+TEST_CASE("registration errors name the problem") {
+  master_fixture f;
+  f.sql("CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT); CREATE TABLE nopk(a, b);"
+        "CREATE VIEW v AS SELECT * FROM t; CREATE TABLE t2(id INTEGER PRIMARY KEY)");
+  table_options o;
+  o.table = "t";
+  o.cqrs_id = "bad/id";
+  CHECK(f.m->register_table(o) == errc::invalid_cqrs_id);
+  o.cqrs_id = "$sys";
+  CHECK(f.m->register_table(o) == errc::invalid_cqrs_id);
+  o.cqrs_id = "t";
+  o.table = "missing";
+  CHECK(f.m->register_table(o) == errc::unknown_table);
+  CHECK(f.m->last_error_message().find("missing") != std::string::npos);
+  o.table = "t";
+  o.columns = {"id", "nope"};
+  CHECK(f.m->register_table(o) == errc::unknown_column);
+  CHECK(f.m->last_error_message().find("nope") != std::string::npos);
+  o.columns = {"a"};
+  CHECK(f.m->register_table(o) == errc::missing_primary_key);
+  o.columns = {};
+  o.tracked = {"zz"};
+  CHECK(f.m->register_table(o) == errc::unknown_column);
+  o.tracked = {};
+  o.table = "nopk";
+  CHECK(f.m->register_table(o) == errc::missing_primary_key);
+  o.table = "v";
+  CHECK(f.m->register_table(o) == errc::unsupported_table);
+  o.table = "edgecqrs_outbox";
+  CHECK(f.m->register_table(o) == errc::unsupported_table);
+  o.table = "t";
+  REQUIRE_FALSE(f.m->register_table(o));
+  CHECK(f.m->register_table(o) == errc::duplicate_cqrs_id);
+  o.cqrs_id = "t-other";
+  CHECK(f.m->register_table(o) == errc::already_registered);
+  o.table = "t2";
+  o.cqrs_id = "t";
+  CHECK(f.m->register_table(o) == errc::duplicate_cqrs_id);
+}
+
+TEST_CASE("produce off: registered, nothing captured, still syncable") {
+  master_fixture f;
+  f.sql("CREATE TABLE q(id INTEGER PRIMARY KEY, x INTEGER)");
+  table_options o;
+  o.table = "q";
+  o.cqrs_id = "q";
+  o.produce = false;
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO q VALUES(1, 1)"));
+  f.drain();
+  CHECK(f.events("q").empty());
+  std::size_t n = 0;
+  REQUIRE_FALSE(f.m->sync("q", "", {}, "", &n));
+  CHECK(n == 1);
+  f.drain();
+  auto ev = f.events("q");
+  REQUIRE(ev.size() == 1);
+  CHECK(ev[0].kind == event_kind::sync);
+}
+
+TEST_CASE("nested begin and commit without begin are errors") {
+  readings f;
+  CHECK(f.m->commit() == errc::not_in_transaction);
+  CHECK(f.m->rollback() == errc::not_in_transaction);
+  REQUIRE_FALSE(f.m->begin());
+  CHECK(f.m->begin() == errc::nested_transaction);
+  CHECK(f.m->poll() == errc::nested_transaction);
+  REQUIRE_FALSE(f.m->commit());
+}

@@ -1,0 +1,84 @@
+// `edgecqrs decode`: print events (a file or stdin holding one message, a CBOR sequence of
+// messages, or a dump file) as readable JSON, one per line.
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+#include "edgecqrs/cbor_seq.hpp"
+#include "edgecqrs/codec.hpp"
+#include "edgecqrs/errors.hpp"
+#include "io.hpp"
+
+namespace edgecqrs::cli {
+namespace {
+
+// A dump header is ["edgecqrs-dump", 1, schema]; returns the schema item's bytes.
+bool dump_header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s, std::size_t& sn) {
+  static const char magic[] = "\x83\x6d" "edgecqrs-dump" "\x01";
+  const std::size_t m = sizeof magic - 1;
+  if (n <= m || std::memcmp(p, magic, m) != 0) return false;
+  s = p + m;
+  sn = n - m;
+  return true;
+}
+
+int run(const std::string& input) {
+  std::vector<std::uint8_t> bytes;
+  if (auto ec = read_all(input, bytes)) {
+    std::fprintf(stderr, "edgecqrs decode: cannot read %s: %s\n", input.c_str(), ec.message().c_str());
+    return 2;
+  }
+  schema sch;
+  bool have_schema = false;
+  int bad = 0;
+  std::size_t pos = 0, index = 0;
+  while (pos < bytes.size()) {
+    std::size_t len = 0;
+    if (auto ec = cbor_item_size(bytes.data() + pos, bytes.size() - pos, len)) {
+      std::fprintf(stderr, "edgecqrs decode: %s: item %zu at byte %zu: %s (cannot continue)\n",
+                   input.c_str(), index, pos, ec.message().c_str());
+      return 1;
+    }
+    const std::uint8_t* item = bytes.data() + pos;
+    message m;
+    const std::uint8_t* s = nullptr;
+    std::size_t sn = 0;
+    if (auto ec = decode_message(item, len, m); !ec) {
+      std::printf("%s\n", to_json(m, have_schema ? &sch : nullptr).c_str());
+    } else if (dump_header_schema(item, len, s, sn) && !decode_schema(s, sn, sch)) {
+      have_schema = true;
+      std::printf("{\"dump\":{\"cqrs_id\":\"%s\",\"schema_tag\":%u,\"columns\":%zu}}\n",
+                  sch.cqrs_id.c_str(), sch.schema_tag, sch.columns.size());
+    } else if (schema s2; !decode_schema(item, len, s2)) {
+      sch = std::move(s2);
+      have_schema = true;
+      std::printf("{\"schema\":{\"cqrs_id\":\"%s\",\"schema_tag\":%u,\"columns\":%zu}}\n",
+                  sch.cqrs_id.c_str(), sch.schema_tag, sch.columns.size());
+    } else if (control_request c; !decode_control(item, len, c)) {
+      std::printf("{\"control\":{\"op\":%d,\"replica\":\"%s\",\"from_seq\":%llu,\"to_seq\":%llu}}\n",
+                  int(c.op), c.replica.c_str(), (unsigned long long)c.from_seq,
+                  (unsigned long long)c.to_seq);
+    } else {
+      std::fprintf(stderr, "edgecqrs decode: %s: item %zu at byte %zu: %s\n", input.c_str(), index,
+                   pos, ec.message().c_str());
+      ++bad;
+    }
+    pos += len;
+    ++index;
+  }
+  return bad ? 1 : 0;
+}
+
+}  // namespace
+
+void register_decode(CLI::App& app, run_state& st) {
+  auto* cmd = app.add_subcommand("decode", "Print events (message, CBOR sequence or dump file) as JSON lines");
+  auto input = std::make_shared<std::string>("-");
+  cmd->add_option("input", *input, "File to read, '-' for stdin")->capture_default_str();
+  cmd->callback([&st, input] { st.status = run(*input); });
+}
+
+}  // namespace edgecqrs::cli

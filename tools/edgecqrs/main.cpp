@@ -1,0 +1,20 @@
+// `edgecqrs`: operations CLI for masters and replicas (see README "Operations").
+#include <cstdio>
+
+#include "commands.hpp"
+#include "edgecqrs/version.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"edgecqrs: SQLite -> MQTT CQRS replication, operations tool"};
+  app.require_subcommand(1);
+  edgecqrs::cli::run_state st;
+  app.add_flag("-q,--quiet", st.quiet, "No progress display");
+  app.set_version_flag("--version", std::string("edgecqrs ") + edgecqrs::version());
+  edgecqrs::cli::register_decode(app, st);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return st.status;
+}
