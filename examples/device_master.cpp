@@ -4,12 +4,17 @@
 // edgecqrs_example_master --uri tcp://127.0.0.1:PORT --db master.db [--client-id ID]
 //   [--rows 10000] [--batch 100] [--devices 20] [--updates 0] [--deletes 0]
 //   [--sync-to REPLICA] [--summary FILE] [--mqtt 4|5] [--tls-ca F] [--user U --password P]
+//   [--pace-ms 0] [--max-message-events N] [--linger]
 // Writes --rows readings (plus updates and deletes of some of them), waits until the broker has
 // acknowledged every event, writes a key=value summary and exits 0; non-zero on any failure.
+// --pace-ms sleeps between transactions; --max-message-events caps events per MQTT message;
+// --linger keeps publishing (heartbeats, answers to replay/re-sync requests) until SIGTERM.
 #include <sqlite3.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -21,6 +26,9 @@
 #include "example_common.hpp"
 
 namespace {
+
+std::atomic<bool> stop_requested{false};
+void on_signal(int) { stop_requested.store(true); }
 
 const char* const ddl =
     "CREATE TABLE IF NOT EXISTS device(id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
@@ -55,8 +63,14 @@ int main(int argc, char** argv) {
   const long long deletes = f.num("deletes", 0);
 
   edgecqrs::ports::paho_transport transport(example::transport_config(f, "device-master"));
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
   edgecqrs::master_config mc;
   mc.heartbeat_interval_ms = 1000;
+  if (f.has("max-message-events")) {
+    mc.max_message_events = static_cast<std::size_t>(std::max(1LL, f.num("max-message-events", 1)));
+  }
+  const long long pace_ms = f.num("pace-ms", 0);
   std::unique_ptr<edgecqrs::master> m;
   if (auto ec = edgecqrs::master::open(f.get("db"), mc, &transport, m)) return fail("open", ec);
   sqlite3* db = m->db();
@@ -124,6 +138,7 @@ int main(int argc, char** argv) {
     if (ec) return fail("insert", ec, m->last_error_message());
     done += n;
     written += n;
+    if (pace_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(pace_ms));
   }
   sqlite3_finalize(ins);
 
@@ -161,9 +176,15 @@ int main(int argc, char** argv) {
   while (m->stats().records_pending != 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  const auto st = m->stats();
+  auto st = m->stats();
   const double total_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (f.has("linger")) {
+    std::printf("master: lingering\n");
+    std::fflush(stdout);
+    while (!stop_requested.load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    st = m->stats();
+  }
   m->stop();
   const bool drained = st.records_pending == 0;
   example::write_summary(
@@ -176,6 +197,7 @@ int main(int argc, char** argv) {
        {"messages_published", std::to_string(st.messages_published)},
        {"publish_failures", std::to_string(st.publish_failures)},
        {"records_pending", std::to_string(st.records_pending)},
+       {"control_handled", std::to_string(st.control_handled)},
        {"write_seconds", std::to_string(write_s)},
        {"total_seconds", std::to_string(total_s)},
        {"peak_rss_kib", std::to_string(example::peak_rss_kib())}});

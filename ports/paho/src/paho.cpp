@@ -168,6 +168,7 @@ struct paho_transport::impl {
     }
     (ec ? publish_failures : published).fetch_add(1, std::memory_order_relaxed);
     callback_thread.store(std::this_thread::get_id());
+    if (!done) return;  // fire and forget (e.g. control requests)
     try {
       done(ec);
     } catch (...) {
@@ -183,6 +184,7 @@ struct paho_transport::impl {
     }
     for (auto& [id, done] : failed) {
       publish_failures.fetch_add(1, std::memory_order_relaxed);
+      if (!done) continue;
       try {
         done(ec);
       } catch (...) {
@@ -367,7 +369,7 @@ std::error_code paho_transport::publish(std::string_view topic, const std::uint8
                                         std::size_t size, const publish_options& opts,
                                         publish_callback done) {
   auto& m = *impl_;
-  if (!done || topic.empty() || (data == nullptr && size != 0) ||
+  if (topic.empty() || (data == nullptr && size != 0) ||
       topic.find_first_of("+#") != std::string_view::npos) {
     return errc::invalid_argument;
   }

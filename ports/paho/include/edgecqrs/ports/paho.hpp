@@ -68,6 +68,9 @@ struct paho_stats {
 // exception escaping the callback is caught and counted; the message is acknowledged anyway.
 // subscribe/unsubscribe called from inside a callback do not wait for the broker's answer.
 //
+// publish() accepts an empty publish_callback (fire and forget; the publish still counts against
+// the window until acknowledged).
+//
 // Errors: start(): errc::connect_failed, errc::auth_failed (bad credentials / not authorised),
 // errc::tls_failed (handshake or certificate verification), errc::timeout, errc::bad_config.
 // publish(): errc::not_connected, errc::window_full, errc::publish_failed, errc::invalid_argument.
