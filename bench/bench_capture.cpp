@@ -5,7 +5,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
-#include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -40,7 +40,9 @@ double insert_rate(sqlite3* db, int n, Txn run_txn) {
   sqlite3_stmt* s = nullptr;
   sqlite3_prepare_v2(db, "INSERT INTO reading VALUES(?1, ?2, ?3, ?4)", -1, &s, nullptr);
   char name[32];
-  auto t0 = std::chrono::steady_clock::now();
+  // CPU time (user + system) of the process: the machine is shared, so wall time is noisy;
+  // the work measured here (SQLite, capture, write syscalls) is all on this thread.
+  std::clock_t c0 = std::clock();
   for (int base = 0; base < n; base += txn_rows) {
     run_txn([&] {
       for (int i = base; i < base + txn_rows && i < n; ++i) {
@@ -54,7 +56,7 @@ double insert_rate(sqlite3* db, int n, Txn run_txn) {
       }
     });
   }
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double secs = static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
   sqlite3_finalize(s);
   return n / secs;
 }
@@ -119,8 +121,8 @@ int main(int argc, char** argv) {
   std::printf("bench_capture: %d rows in %d-row transactions, WAL, synchronous=NORMAL, %d runs "
               "(pre-update hook: %s)\n",
               n, txn_rows, runs, edgecqrs::master::has_preupdate_hook() ? "yes" : "no");
-  std::printf("  bare SQLite:        %10.0f rows/s\n", mb);
-  std::printf("  capture + outbox:   %10.0f rows/s (%llu events)\n", mc,
+  std::printf("  bare SQLite:        %10.0f rows/s of CPU time\n", mb);
+  std::printf("  capture + outbox:   %10.0f rows/s of CPU time (%llu events)\n", mc,
               static_cast<unsigned long long>(events));
   std::printf("  ratio (P1, goal >= 0.6): %.2f\n", mc / mb);
   return 0;

@@ -93,3 +93,17 @@ TEST_CASE("to_json: reals, text with NUL, blobs as base64") {
         "\"a\\u0000b\",{\"b64\":\"\"},{\"b64\":\"Zg==\"},{\"b64\":\"Zm8=\"},{\"b64\":\"Zm9v\"},"
         "{\"b64\":\"//4A\"},-9223372036854775808]}]}");
 }
+
+TEST_CASE("to_json: a schema with a pk index past its columns leaves deletes positional") {
+  message m;
+  m.schema_tag = 3;
+  event d;
+  d.kind = event_kind::remove;
+  d.values = {value::integer(1)};
+  m.events.push_back(d);
+  schema s = reading_schema(3);
+  s.pk = {7};
+  CHECK(to_json(m, &s).find("\"values\":[1]") != std::string::npos);
+  s.pk = {1};
+  CHECK(to_json(m, &s).find("\"values\":{\"name\":1}") != std::string::npos);
+}

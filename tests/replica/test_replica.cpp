@@ -667,3 +667,80 @@ TEST_CASE("identifiers are quoted and never taken from the wire; values are boun
   CHECK(dump(f.db, "SELECT \"k ey\", length(\"v;al\") FROM \"we\"\"ird\"") ==
         std::vector<std::string>{"''); DROP TABLE x; --'|2"});
 }
+
+TEST_CASE("a storage failure keeps nothing of the message and leaves it to gap repair") {
+  fixture f;
+  f.open();
+  f.ready();
+  CHECK_FALSE(f.send(msg(f.sch, 1, {save(1, {I(1), T("a"), I(1)})})));
+  std::string pages = one(f.db, "PRAGMA page_count");
+  REQUIRE(sqlite3_exec(f.db, ("PRAGMA max_page_count=" + pages).c_str(), nullptr, nullptr,
+                       nullptr) == SQLITE_OK);
+  std::vector<event> big;
+  std::string filler(3000, 'x');
+  for (int i = 2; i < 40; ++i) big.push_back(save(1, {I(i), value::text(filler), I(i)}));
+  message m = msg(f.sch, 2, big);
+  CHECK(f.send(m) == make_error_code(errc::apply_failed));  // SQLITE_FULL
+  CHECK(f.rows().size() == 1);
+  stream_status ss;
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.checkpoint == 1);
+  CHECK(f.r->stats().commit_failures == 1);
+  std::size_t n = 1;
+  REQUIRE_FALSE(f.r->pending_retries(n));
+  CHECK(n == 0);
+  REQUIRE(sqlite3_exec(f.db, "PRAGMA max_page_count=1000000", nullptr, nullptr, nullptr) ==
+          SQLITE_OK);
+  CHECK_FALSE(f.send(m));  // the replay
+  CHECK(f.rows().size() == 39);
+}
+
+TEST_CASE("a pending retry from a replaced master incarnation is dropped, not applied") {
+  fixture f;
+  bool broken = true;
+  replica_table_options t = fixture::default_table();
+  t.on_create = [&](const change& c) -> std::error_code {
+    if (broken) return make_error_code(std::errc::io_error);
+    std::string sql = "INSERT INTO items(id, name) VALUES(" +
+                      std::to_string(c.values[0].v->as_integer()) + ", 'h')";
+    return sqlite3_exec(c.db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK
+               ? std::error_code{}
+               : make_error_code(errc::apply_failed);
+  };
+  f.open(t);
+  f.ready();
+  CHECK_FALSE(f.send(msg(f.sch, 1, {save(1, {I(1), T("old"), I(1)})})));
+  std::size_t n = 0;
+  REQUIRE_FALSE(f.r->pending_retries(n));
+  CHECK(n == 1);
+  f.send_schema(make_schema("items", f.sch.columns, {0}, 3));
+  broken = false;
+  f.clk.advance(f.ro.retry_initial_ms);
+  CHECK_FALSE(f.r->poll());
+  REQUIRE_FALSE(f.r->pending_retries(n));
+  CHECK(n == 0);
+  CHECK(f.rows().empty());
+  REQUIRE_FALSE(f.r->dead_letter_count(n));
+  CHECK(n == 0);
+}
+
+TEST_CASE("shared subscriptions for workers; the seen-range set is bounded") {
+  fixture f;
+  f.ro.shared_group = "workers";
+  f.ro.max_seen_ranges = 4;
+  f.open();
+  CHECK(f.tp.subs.count("$share/workers/edgecqrs/v1/e/items") == 1);
+  CHECK(f.tp.subs.count("edgecqrs/v1/d/gw1/items") == 1);
+  f.ready();
+  // Every other seq arrives: each is a new range above the checkpoint.
+  for (std::uint64_t seq = 2; seq <= 20; seq += 2)
+    CHECK_FALSE(f.send(msg(f.sch, seq, {save(1, {I(static_cast<std::int64_t>(seq)), T("x"), I(1)})})));
+  stream_status ss;
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.seen_ranges <= 4);
+  CHECK(ss.head == 20);
+  auto c = f.tp.take_controls();
+  REQUIRE_FALSE(c.empty());
+  CHECK(c.back().op == control_op::resync);
+  CHECK(f.rows().size() == 10);  // applied at once all the same
+}

@@ -113,6 +113,10 @@ namespace {
 
 std::string json_of(const message& m, const schema* s) {
   if (s && s->schema_tag != m.schema_tag) s = nullptr;  // another stream's names would mislead
+  // A hand-built schema may carry pk indices past its columns: then deletes stay positional.
+  bool pk_valid = s != nullptr;
+  if (s)
+    for (auto i : s->pk) pk_valid = pk_valid && i < s->columns.size();
   std::string o;
   o.reserve(64 + 48 * m.events.size());
   o += "{\"schema_tag\":";
@@ -161,7 +165,7 @@ std::string json_of(const message& m, const schema* s) {
     put_int(o, e.updated_ms);
     // Names only when the shape matches the schema; otherwise positions.
     const bool is_delete = e.kind == event_kind::remove;
-    const bool named = s && (is_delete ? e.values.size() == s->pk.size()
+    const bool named = s && (is_delete ? pk_valid && e.values.size() == s->pk.size()
                                        : e.values.size() == s->columns.size());
     o += named ? ",\"values\":{" : ",\"values\":[";
     for (std::size_t k = 0; k < e.values.size(); ++k) {

@@ -44,10 +44,9 @@ CREATE TABLE IF NOT EXISTS edgecqrs_meta(key TEXT PRIMARY KEY, value BLOB) WITHO
 CREATE TABLE IF NOT EXISTS edgecqrs_stream(cqrs_id TEXT NOT NULL UNIQUE, next_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS edgecqrs_version(stream INTEGER NOT NULL, key BLOB NOT NULL,
   version INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(stream, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, stream INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY, stream INTEGER NOT NULL,
   kind INTEGER NOT NULL, first_seq INTEGER NOT NULL, n_events INTEGER NOT NULL,
   target TEXT NOT NULL DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS edgecqrs_outbox_seq ON edgecqrs_outbox(stream, first_seq) WHERE kind = 0;
 )";
 
 bool ieq(std::string_view a, std::string_view b) {
@@ -99,6 +98,8 @@ struct master::impl {
     schema sch;
     bool produce = true;
     bool rowid_alias = false;                 // single INTEGER PRIMARY KEY column
+    bool cache_final = false;                 // final values may come from the pre-update hook
+    std::vector<bool> real_affinity;          // per table column
     std::vector<int> sel_table_cols;          // table column index per stream column (no SQL)
     std::vector<int> pk_table_cols;           // table column index per pk column
     std::vector<std::pair<std::uint32_t, int>> tracked;  // (stream column, table column)
@@ -112,6 +113,7 @@ struct master::impl {
     stmt read_custom;                         // serializer_sql
     std::uint64_t next_seq = 1;
     std::uint64_t saved_next_seq = 1;
+    std::atomic<std::uint64_t> head{0};        // last committed seq, for other threads
     std::int64_t last_publish_ms = 0;
     std::string event_topic, schema_topic, control_topic;
   };
@@ -123,6 +125,10 @@ struct master::impl {
     bool existed_before = false;
     bool have_old = false;
     std::vector<value> old;          // compare_table_cols values before the first change
+    // Final state as last seen by the pre-update hook: 0 unknown (read the row at commit),
+    // 1 present with `fin` (stream columns), 2 deleted.
+    int final_state = 0;
+    std::vector<value> fin;
   };
 
   struct inflight_msg {
@@ -162,7 +168,11 @@ struct master::impl {
 
   // capture state (touched by SQLite hooks on the writing thread)
   std::vector<dirty_row> dirty;
-  std::unordered_map<std::string, std::size_t> dirty_index;
+  // Open addressing over indices into `dirty` (no allocation per row): slot = index + 1, 0 empty.
+  std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
+  std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
+  std::vector<value_view> vals_scratch;
+  std::size_t n_dirty = 0;  // entries of `dirty` in use
   bool internal_write = false;  // the library's own statements: not captured, not refused
   bool committing = false;
   bool dirty_overflow = false;
@@ -173,12 +183,37 @@ struct master::impl {
   std::atomic<bool> in_txn{false};
   std::thread::id txn_owner;
 
-  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack, st_delete,
+  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
       st_version_get;
   std::vector<std::uint8_t> evbuf, grpbuf, msgbuf;
 
+  // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
+  // probes). A miss proves a new row has no tombstone, which saves a B-tree probe per insert.
+  std::vector<std::uint64_t> bloom = std::vector<std::uint64_t>(1u << 14);
+  static std::uint64_t key_hash(std::int64_t stream, const std::string& key) {
+    std::uint64_t h = 1469598103934665603ULL ^ static_cast<std::uint64_t>(stream);
+    for (unsigned char c : key) h = (h ^ c) * 1099511628211ULL;
+    return h ^ (h >> 29);
+  }
+  void bloom_add(std::int64_t stream, const std::string& key) {
+    std::uint64_t h = key_hash(stream, key);
+    for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
+      std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
+      bloom[bit / 64] |= 1ULL << (bit % 64);
+    }
+  }
+  bool bloom_may_have(std::int64_t stream, const std::string& key) const {
+    std::uint64_t h = key_hash(stream, key);
+    for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
+      std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
+      if (!(bloom[bit / 64] & (1ULL << (bit % 64)))) return false;
+    }
+    return true;
+  }
+
   // outbox accounting (changed only under txn_mu)
   std::uint64_t pending_records = 0, pending_bytes = 0, kept_records = 0, kept_bytes = 0;
+  bool acked_other = true;  // acknowledged non-stream rows may await deletion
   // publisher
   std::int64_t cursor = 0;
   std::map<std::uint64_t, inflight_msg> inflight;
@@ -244,13 +279,12 @@ struct master::impl {
         st_pending.prepare(db,
                            "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
                            "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
-        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1") ||
-        st_delete.prepare(db, "DELETE FROM edgecqrs_outbox WHERE id=?1"))
+        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"))
       return sql_fail("prepare");
     stmt q;
     if (q.prepare(db,
-                  "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox GROUP BY "
-                  "acked"))
+                  "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
+                  "WHERE acked=0 OR kind=0 GROUP BY acked"))
       return sql_fail("outbox count");
     while (sqlite3_step(q.get()) == SQLITE_ROW) {
       auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
@@ -261,6 +295,15 @@ struct master::impl {
       } else {
         pending_records = n;
         pending_bytes = b;
+      }
+    }
+    {
+      stmt vq;
+      if (vq.prepare(db, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
+      while (sqlite3_step(vq.get()) == SQLITE_ROW) {
+        std::string k(static_cast<const char*>(sqlite3_column_blob(vq.get(), 1)),
+                      static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1)));
+        bloom_add(sqlite3_column_int64(vq.get(), 0), k);
       }
     }
     snk->max_control = cfg.max_pending_control;
@@ -320,34 +363,106 @@ struct master::impl {
     return key;
   }
 
+  // A value seen by the pre-update hook, as a read would return it: SQLite stores
+  // integer-valued REALs of REAL-affinity columns as integers and converts them on read only.
+  static value_view hook_view(const table_state& t, int col, sqlite3_value* v) {
+    value_view x = detail::sqlite_value_view(v);
+    if (x.type == value_type::integer && t.real_affinity[static_cast<std::size_t>(col)])
+      return value_view::real(static_cast<double>(x.i));
+    return x;
+  }
+
   // Records a change of one key; first-change information wins within the transaction.
-  dirty_row* touch(table_state* t, const value_view* pk, bool existed_before) {
+  // Returns the row's entry (nullptr when the dirty set is full); `fresh` when just created.
+  dirty_row* touch(table_state* t, const value_view* pk, bool existed_before, bool& fresh) {
+    fresh = false;
     std::string key = encode_key(pk, t->pk_table_cols.size());
-    std::string ikey;
-    ikey.reserve(key.size() + 4);
-    ikey.append(reinterpret_cast<const char*>(&t->index), sizeof(std::uint32_t));
-    ikey += key;
-    auto it = dirty_index.find(ikey);
-    if (it != dirty_index.end()) return nullptr;
-    if (dirty.size() >= cfg.max_rows_per_transaction) {
+    std::uint64_t h = key_hash(static_cast<std::int64_t>(t->index), key);
+    std::size_t mask = dirty_slots.size() - 1;
+    std::size_t pos = static_cast<std::size_t>(h) & mask;
+    while (std::uint32_t slot = dirty_slots[pos]) {
+      dirty_row& e = dirty[slot - 1];
+      if (dirty_hashes[slot - 1] == h && e.t == t && e.key == key) return &e;
+      pos = (pos + 1) & mask;
+    }
+    if (n_dirty >= cfg.max_rows_per_transaction) {
       dirty_overflow = true;
       return nullptr;
     }
-    dirty_index.emplace(std::move(ikey), dirty.size());
-    dirty_row d;
+    dirty_slots[pos] = static_cast<std::uint32_t>(n_dirty + 1);
+    dirty_hashes.push_back(h);
+    if ((n_dirty + 1) * 2 > dirty_slots.size()) {
+      // Keep the load under one half: rebuild at twice the size.
+      std::vector<std::uint32_t> bigger(dirty_slots.size() * 2);
+      std::size_t m2 = bigger.size() - 1;
+      for (std::size_t i = 0; i < dirty_hashes.size(); ++i) {
+        std::size_t p2 = static_cast<std::size_t>(dirty_hashes[i]) & m2;
+        while (bigger[p2]) p2 = (p2 + 1) & m2;
+        bigger[p2] = static_cast<std::uint32_t>(i + 1);
+      }
+      dirty_slots.swap(bigger);
+    }
+    // Entries are reused across transactions so their buffers keep their capacity (no
+    // allocation per row in steady state); the pool shrinks when it grew large.
+    if (n_dirty == dirty.size()) dirty.emplace_back();
+    dirty_row& d = dirty[n_dirty++];
     d.t = t;
-    d.key = std::move(key);
+    d.key.swap(key);
     d.existed_before = existed_before;
-    d.pk.reserve(t->pk_table_cols.size());
-    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk.push_back(value::from(pk[i]));
-    dirty.push_back(std::move(d));
-    return &dirty.back();
+    d.have_old = false;
+    d.old.clear();
+    d.final_state = 0;
+    d.fin.clear();
+    d.pk.resize(t->pk_table_cols.size());
+    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk[i] = value::from(pk[i]);
+    fresh = true;
+    return &d;
   }
 
   void clear_dirty() {
-    dirty.clear();
-    dirty_index.clear();
+    n_dirty = 0;
+    if (dirty.size() > 4096) dirty.clear();
+    dirty_hashes.clear();
+    if (dirty_slots.size() > 4096) dirty_slots = std::vector<std::uint32_t>(1024);
+    else std::fill(dirty_slots.begin(), dirty_slots.end(), 0u);
     dirty_overflow = false;
+    rollback_to_seen = false;
+    cached_bytes = 0;
+  }
+
+  // The final values come from the hook when safe, which saves re-reading each row at commit.
+  // Not when ROLLBACK TO undid changes without telling the hooks, for tables serialized by SQL
+  // or with generated columns, or beyond a memory budget.
+  static constexpr std::size_t max_cached_bytes = 8u << 20;
+  void set_final_absent(dirty_row& d) {
+    if (d.final_state == 1) d.fin.clear();
+    d.final_state = d.t->cache_final ? 2 : 0;
+  }
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  void set_final_present(dirty_row& d, sqlite3* conn) {
+    d.final_state = 0;
+    if (!d.t->cache_final || cached_bytes > max_cached_bytes) return;
+    d.fin.resize(d.t->sel_table_cols.size());
+    for (std::size_t i = 0; i < d.t->sel_table_cols.size(); ++i) {
+      sqlite3_value* v = nullptr;
+      if (sqlite3_preupdate_new(conn, d.t->sel_table_cols[i], &v) != SQLITE_OK) return;
+      value_view vv = hook_view(*d.t, d.t->sel_table_cols[i], v);
+      cached_bytes += vv.size + sizeof(value);
+      d.fin[i] = value::from(vv);
+    }
+    d.final_state = 1;
+  }
+#endif
+  bool rollback_to_seen = false;
+  std::size_t cached_bytes = 0;
+  static int on_trace(unsigned type, void* ctx, void*, void* x) {
+    if (type != SQLITE_TRACE_STMT || !x) return 0;
+    const char* sql = static_cast<const char*>(x);
+    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r') ++sql;
+    if ((sql[0] | 0x20) == 'r' && (sql[1] | 0x20) == 'o' && (sql[2] | 0x20) == 'l' &&
+        (sql[3] | 0x20) == 'l')
+      static_cast<impl*>(ctx)->rollback_to_seen = true;
+    return 0;
   }
 
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
@@ -369,32 +484,35 @@ struct master::impl {
       ok = big_old.data();
       nk = big_new.data();
     }
-    std::string old_key;
+    dirty_row* old_row = nullptr;
+    bool fresh = false;
     if (op == SQLITE_DELETE || op == SQLITE_UPDATE) {
       for (std::size_t i = 0; i < npk; ++i) {
         sqlite3_value* v = nullptr;
         sqlite3_preupdate_old(db, t->pk_table_cols[i], &v);
-        ok[i] = detail::sqlite_value_view(v);
+        ok[i] = hook_view(*t, t->pk_table_cols[i], v);
       }
-      dirty_row* d = m->touch(t, ok, true);
-      if (d && !t->compare_table_cols.empty()) {
-        d->have_old = true;
-        d->old.reserve(t->compare_table_cols.size());
+      old_row = m->touch(t, ok, true, fresh);
+      if (old_row && fresh && !t->compare_table_cols.empty()) {
+        old_row->have_old = true;
+        old_row->old.reserve(t->compare_table_cols.size());
         for (int c : t->compare_table_cols) {
           sqlite3_value* v = nullptr;
           sqlite3_preupdate_old(db, c, &v);
-          d->old.push_back(value::from(detail::sqlite_value_view(v)));
+          old_row->old.push_back(value::from(hook_view(*t, c, v)));
         }
       }
+      // Gone unless the same key comes back below (UPDATE keeping its key).
+      if (old_row) m->set_final_absent(*old_row);
     }
     if (op == SQLITE_INSERT || op == SQLITE_UPDATE) {
       for (std::size_t i = 0; i < npk; ++i) {
         sqlite3_value* v = nullptr;
         sqlite3_preupdate_new(db, t->pk_table_cols[i], &v);
-        nk[i] = detail::sqlite_value_view(v);
+        nk[i] = hook_view(*t, t->pk_table_cols[i], v);
       }
-      // An UPDATE keeping its key was recorded above; a key change also touches the new key.
-      m->touch(t, nk, false);
+      dirty_row* new_row = m->touch(t, nk, false, fresh);
+      if (new_row) m->set_final_present(*new_row, db);
     }
   }
 #else
@@ -405,14 +523,25 @@ struct master::impl {
     auto it = m->by_table.find(ztab);
     if (it == m->by_table.end() || !it->second->produce) return;
     value_view k = value_view::integer(rowid);
-    m->touch(it->second, &k, op != SQLITE_INSERT);
+    bool fresh = false;
+    m->touch(it->second, &k, op != SQLITE_INSERT, fresh);
+  }
+  // The update hook reports an UPDATE that changes the rowid under the new rowid only; a TEMP
+  // trigger per table reports the old one through this function.
+  static void fn_key_gone(sqlite3_context* ctx, int, sqlite3_value** argv) {
+    auto* m = static_cast<impl*>(sqlite3_user_data(ctx));
+    auto ix = static_cast<std::size_t>(sqlite3_value_int64(argv[0]));
+    if (m->internal_write || ix >= m->tables.size() || !m->tables[ix]->produce) return;
+    value_view k = value_view::integer(sqlite3_value_int64(argv[1]));
+    bool fresh = false;
+    m->touch(m->tables[ix].get(), &k, true, fresh);
   }
 #endif
 
   static int on_commit(void* ctx) {
     auto* m = static_cast<impl*>(ctx);
     if (m->committing || m->internal_write) return 0;
-    if (m->dirty.empty() && !m->dirty_overflow) return 0;
+    if (m->n_dirty == 0 && !m->dirty_overflow) return 0;
     // A commit that bypasses master::commit() would publish nothing: refuse it.
     ++m->unmanaged_refused;
     return 1;
@@ -474,6 +603,10 @@ struct master::impl {
   std::uint64_t bump_version(table_state& t, const std::string& key, std::int64_t now,
                              bool existed_before, std::error_code& ec) {
     std::uint64_t v = 0;
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+    if (!existed_before && !bloom_may_have(t.stream_id, key)) return 1;
+#endif
+    bloom_add(t.stream_id, key);
     {
       sqlite3_stmt* s = st_version_get.get();
       reset_guard g{s};
@@ -574,6 +707,10 @@ struct master::impl {
   std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
                                                                    std::uint64_t&)>& body);
   std::error_code subscribe_control(table_state& t);
+  bool sink_has_work() {
+    std::lock_guard<std::mutex> lk(snk->mu);
+    return !snk->done.empty() || !snk->control.empty();
+  }
   void wake_bg() {
     std::lock_guard<std::mutex> lk(bg_mu);
     bg_wake = true;
@@ -588,10 +725,15 @@ void master::impl::install_hooks() {
   sqlite3_preupdate_hook(db, &impl::on_preupdate, this);
 #else
   sqlite3_update_hook(db, &impl::on_update, this);
+  sqlite3_create_function_v2(db, "edgecqrs_key_gone", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, this,
+                             &impl::fn_key_gone, nullptr, nullptr, nullptr);
 #endif
   sqlite3_commit_hook(db, &impl::on_commit, this);
   sqlite3_rollback_hook(db, &impl::on_rollback, this);
   sqlite3_set_authorizer(db, &impl::on_authorize, this);
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  sqlite3_trace_v2(db, SQLITE_TRACE_STMT, &impl::on_trace, this);
+#endif
 }
 
 // ============================================================================ registration
@@ -673,6 +815,15 @@ std::error_code master::impl::register_table(const table_options& o) {
   if (pk_order.empty()) {
     last_error = "table '" + canon + "' has no PRIMARY KEY";
     return make_error_code(errc::missing_primary_key);
+  }
+  // Column affinity rules of SQLite (datatype3.html §3.1): only REAL matters here.
+  for (auto& c : tcols) {
+    std::string ty;
+    for (char ch : c.decl_type) ty += static_cast<char>(ch >= 'a' && ch <= 'z' ? ch - 32 : ch);
+    auto has = [&](const char* w) { return ty.find(w) != std::string::npos; };
+    bool real = !has("INT") && !has("CHAR") && !has("CLOB") && !has("TEXT") && !has("BLOB") &&
+                !ty.empty() && (has("REAL") || has("FLOA") || has("DOUB"));
+    t->real_affinity.push_back(real);
   }
   std::sort(pk_order.begin(), pk_order.end());
   for (auto& p : pk_order) t->pk_table_cols.push_back(p.second);
@@ -781,6 +932,20 @@ std::error_code master::impl::register_table(const table_options& o) {
   else
     for (auto& tr : t->tracked) t->compare_table_cols.push_back(tr.second);
 #endif
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  {
+    // Generated columns are computed after the hook: their final values need a read.
+    bool generated = false;
+    stmt q;
+    if (q.prepare(db, "SELECT count(*) FROM pragma_table_xinfo(?1) WHERE hidden IN (2, 3)") == 0) {
+      sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
+      generated = sqlite3_step(q.get()) != SQLITE_ROW || sqlite3_column_int(q.get(), 0) != 0;
+    } else {
+      generated = true;
+    }
+    t->cache_final = o.serializer_sql.empty() && !generated;
+  }
+#endif
   // Final-state read: stream columns (or the compare columns when serialized by SQL).
   {
     std::string cols;
@@ -817,12 +982,37 @@ std::error_code master::impl::register_table(const table_options& o) {
     if (sqlite3_step(sel.get()) != SQLITE_ROW) return sql_fail("stream");
     tp->stream_id = sqlite3_column_int64(sel.get(), 0);
     tp->next_seq = static_cast<std::uint64_t>(sqlite3_column_int64(sel.get(), 1));
+    stmt mx;
+    if (mx.prepare(db, "SELECT max(first_seq + n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
+                       "stream=?1"))
+      return sql_fail("stream");
+    sqlite3_bind_int64(mx.get(), 1, tp->stream_id);
+    if (sqlite3_step(mx.get()) == SQLITE_ROW && sqlite3_column_type(mx.get(), 0) != SQLITE_NULL)
+      tp->next_seq = std::max(tp->next_seq,
+                              static_cast<std::uint64_t>(sqlite3_column_int64(mx.get(), 0)));
     return enqueue_schema(*tp, nr, nb);
   });
   if (ec) return ec;
-  by_table[canon] = tp;
-  by_id[o.cqrs_id] = tp;
+#ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
+  {
+    std::string trig = "CREATE TEMP TRIGGER IF NOT EXISTS " +
+                       quote_ident("edgecqrs_key_gone_" + std::to_string(tp->index)) +
+                       " AFTER UPDATE ON main." + quote_ident(canon) +
+                       " WHEN old.rowid IS NOT new.rowid BEGIN SELECT edgecqrs_key_gone(" +
+                       std::to_string(tp->index) + ", old.rowid); END";
+    internal_write = true;
+    std::error_code te = exec(trig.c_str());
+    internal_write = false;
+    if (te) return te;
+  }
+#endif
+  {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    by_table[canon] = tp;
+    by_id[o.cqrs_id] = tp;
+  }
   by_stream[tp->stream_id] = tp;
+  tp->head = tp->next_seq - 1;
   tables.push_back(std::move(t));
   if (tx) subscribe_control(*tp);
   return {};
@@ -886,10 +1076,21 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   table_state& t = *d.t;
   std::size_t npk = d.pk.size();
   sqlite3_stmt* rf = t.read_final.get();
-  reset_guard g{rf};
-  for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), d.pk[i].view());
-  int rc = sqlite3_step(rf);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sql_fail("read row");
+  reset_guard g{nullptr};
+  bool cached = d.final_state != 0 && !rollback_to_seen;
+  int rc = SQLITE_DONE;
+  if (cached) {
+    rc = d.final_state == 1 ? SQLITE_ROW : SQLITE_DONE;
+  } else {
+    g.s = rf;
+    for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), d.pk[i].view());
+    rc = sqlite3_step(rf);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sql_fail("read row");
+  }
+  // Column i of the row's stream columns (= compare columns when there is no SQL serializer).
+  auto col = [&](int i) {
+    return cached ? d.fin[static_cast<std::size_t>(i)].view() : column_view(rf, i);
+  };
   std::error_code ec;
   if (rc == SQLITE_DONE) {
     if (!d.existed_before) return {};  // inserted and deleted within the transaction
@@ -917,19 +1118,15 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   // The row exists. Unchanged since the transaction began (no-op update, or changes undone by
   // ROLLBACK TO): nothing to send.
   int ncmp = static_cast<int>(t.compare_table_cols.size());
-  std::vector<value_view> cmpv(static_cast<std::size_t>(ncmp));
-  if (t.serializer_sql.empty()) {
-    // read_final selects exactly the stream columns == compare columns (or only stream columns
-    // without the pre-update hook).
-  }
   if (d.have_old && t.serializer_sql.empty()) {
     bool same = true;
     for (int i = 0; i < ncmp && same; ++i)
-      same = same_value(d.old[static_cast<std::size_t>(i)], column_view(rf, i));
+      same = same_value(d.old[static_cast<std::size_t>(i)], col(i));
     if (same) return {};
   }
   std::size_t ncol = t.sch.columns.size();
-  std::vector<value_view> vals(ncol);
+  std::vector<value_view>& vals = vals_scratch;
+  vals.assign(ncol, value_view::null());
   sqlite3_stmt* rc_stmt = nullptr;
   reset_guard g2{nullptr};
   if (!t.serializer_sql.empty()) {
@@ -946,7 +1143,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     if (r2 != SQLITE_ROW) return sql_fail("serializer_sql");
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(rc_stmt, static_cast<int>(i));
   } else {
-    for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(rf, static_cast<int>(i));
+    for (std::size_t i = 0; i < ncol; ++i) vals[i] = col(static_cast<int>(i));
   }
   row_ref rr{t.sch.columns.data(), vals.data(), ncol};
   // The version counts every committed change, sent or filtered.
@@ -999,11 +1196,11 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
     last_error = "more than max_rows_per_transaction rows changed in one transaction";
     return make_error_code(errc::outbox_full);
   }
-  if (dirty.empty()) return {};
+  if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
   // Stable grouping per table, in order of first change.
   std::vector<std::vector<std::size_t>> per_table(tables.size());
-  for (std::size_t i = 0; i < dirty.size(); ++i) per_table[dirty[i].t->index].push_back(i);
+  for (std::size_t i = 0; i < n_dirty; ++i) per_table[dirty[i].t->index].push_back(i);
   for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   for (std::size_t ti = 0; ti < tables.size(); ++ti) {
     if (per_table[ti].empty()) continue;
@@ -1023,13 +1220,8 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
     }
     if (n)
       if (auto ec = emit_stream_chunk(t, now, n, new_records, new_bytes)) return ec;
-    if (t.next_seq != t.saved_next_seq) {
-      sqlite3_stmt* s = st_stream_update.get();
-      reset_guard g{s};
-      sqlite3_bind_int64(s, 1, t.stream_id);
-      sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(t.next_seq));
-      if (sqlite3_step(s) != SQLITE_DONE) return sql_fail("stream seq");
-    }
+    // The stream's next seq is not written per commit (one page less in every commit): it is
+    // derived from the outbox at startup, and stored before records are pruned.
   }
   return {};
 }
@@ -1254,7 +1446,9 @@ std::error_code master::impl::handle_completions() {
   if (!ec) {
     for (auto& m : acked) {
       for (std::size_t i = 0; i < m.ids.size() && !ec; ++i) {
-        sqlite3_stmt* s = m.kinds[i] == kind_stream ? st_ack.get() : st_delete.get();
+        // Every kind is marked, never deleted here: the newest row must stay so that SQLite
+        // never reuses an id (the publisher's cursor relies on ids only growing).
+        sqlite3_stmt* s = st_ack.get();
         reset_guard g{s};
         sqlite3_bind_int64(s, 1, m.ids[i]);
         if (sqlite3_step(s) != SQLITE_DONE) {
@@ -1267,6 +1461,8 @@ std::error_code master::impl::handle_completions() {
         if (m.kinds[i] == kind_stream) {
           ++kr;
           kb += m.bytes[i];
+        } else {
+          acked_other = true;
         }
       }
     }
@@ -1287,32 +1483,61 @@ std::error_code master::impl::handle_completions() {
 }
 
 std::error_code master::impl::prune() {
-  if (kept_records <= cfg.replay_keep_records && kept_bytes <= cfg.replay_keep_bytes) return {};
-  stmt q;
-  if (q.prepare(db, "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 ORDER BY id"))
-    return sql_fail("prune");
-  std::uint64_t kr = kept_records, kb = kept_bytes;
+  bool streams = kept_records > cfg.replay_keep_records || kept_bytes > cfg.replay_keep_bytes;
+  if (!streams && !acked_other) return {};
+  std::int64_t max_id = 0;
+  {
+    stmt q;
+    if (q.prepare(db, "SELECT max(id) FROM edgecqrs_outbox")) return sql_fail("prune");
+    if (sqlite3_step(q.get()) == SQLITE_ROW) max_id = sqlite3_column_int64(q.get(), 0);
+  }
   std::int64_t upto = 0;
   std::uint64_t dr = 0, db_bytes = 0;
-  while ((kr > cfg.replay_keep_records || kb > cfg.replay_keep_bytes) &&
-         sqlite3_step(q.get()) == SQLITE_ROW) {
-    upto = sqlite3_column_int64(q.get(), 0);
-    auto b = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
-    --kr;
-    kb -= std::min(kb, b);
-    ++dr;
-    db_bytes += b;
+  if (streams) {
+    stmt q;
+    if (q.prepare(db, "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 AND kind=0 "
+                      "ORDER BY id"))
+      return sql_fail("prune");
+    std::uint64_t kr = kept_records, kb = kept_bytes;
+    while ((kr > cfg.replay_keep_records || kb > cfg.replay_keep_bytes) &&
+           sqlite3_step(q.get()) == SQLITE_ROW) {
+      std::int64_t id = sqlite3_column_int64(q.get(), 0);
+      if (id >= max_id) break;
+      upto = id;
+      auto b = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+      --kr;
+      kb -= std::min(kb, b);
+      ++dr;
+      db_bytes += b;
+    }
   }
-  sqlite3_reset(q.get());
-  if (!upto) return {};
-  stmt del;
-  if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND id<=?1"))
-    return sql_fail("prune");
-  sqlite3_bind_int64(del.get(), 1, upto);
-  internal_write = true;
-  int rc = sqlite3_step(del.get());
-  internal_write = false;
-  if (rc != SQLITE_DONE) return sql_fail("prune");
+  std::error_code ec = internal_txn([&](std::uint64_t&, std::uint64_t&) -> std::error_code {
+    if (upto) {
+      // Pruned records no longer tell the stream's head: store it first.
+      for (auto& tp : tables) {
+        sqlite3_stmt* su = st_stream_update.get();
+        reset_guard g{su};
+        sqlite3_bind_int64(su, 1, tp->stream_id);
+        sqlite3_bind_int64(su, 2, static_cast<sqlite3_int64>(tp->next_seq));
+        if (sqlite3_step(su) != SQLITE_DONE) return sql_fail("stream seq");
+      }
+      stmt del;
+      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
+        return sql_fail("prune");
+      sqlite3_bind_int64(del.get(), 1, upto);
+      if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
+    }
+    if (acked_other) {
+      stmt del;
+      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind<>0 AND id<?1"))
+        return sql_fail("prune");
+      sqlite3_bind_int64(del.get(), 1, max_id);
+      if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
+    }
+    return std::error_code{};
+  });
+  if (ec) return ec;
+  acked_other = false;
   kept_records -= std::min(kept_records, dr);
   kept_bytes -= std::min(kept_bytes, db_bytes);
   return {};
@@ -1583,6 +1808,9 @@ master::~master() {
   sqlite3_commit_hook(db, nullptr, nullptr);
   sqlite3_rollback_hook(db, nullptr, nullptr);
   sqlite3_set_authorizer(db, nullptr, nullptr);
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  sqlite3_trace_v2(db, 0, nullptr, nullptr);
+#endif
   if (impl_->tx)
     for (auto& t : impl_->tables) impl_->tx->unsubscribe(t->control_topic);
   bool owns = impl_->owns_db;
@@ -1688,6 +1916,7 @@ std::error_code master::commit() {
   } else {
     m.pending_records += nr;
     m.pending_bytes += nb;
+    for (auto& t : m.tables) t->head = t->next_seq - 1;
     std::lock_guard<std::mutex> lk(m.stats_mu);
     if (ne) ++m.st.transactions;
     m.st.events += ne;
@@ -1820,7 +2049,7 @@ std::error_code master::start(std::int64_t interval_ms) {
     std::unique_lock<std::mutex> lk(m.bg_mu);
     while (!m.bg_stop) {
       m.bg_cv.wait_for(lk, std::chrono::milliseconds(std::max<std::int64_t>(1, interval_ms)),
-                       [&] { return m.bg_stop || m.bg_wake; });
+                       [&] { return m.bg_stop || m.bg_wake || m.sink_has_work(); });
       m.bg_wake = false;
       if (m.bg_stop) break;
       lk.unlock();
@@ -1856,7 +2085,7 @@ master_stats master::stats() const {
 std::uint64_t master::head_seq(std::string_view cqrs_id) const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
   auto it = impl_->by_id.find(cqrs_id);
-  return it == impl_->by_id.end() ? 0 : it->second->next_seq - 1;
+  return it == impl_->by_id.end() ? 0 : it->second->head.load();
 }
 
 std::string master::last_error_message() const { return impl_->last_error; }

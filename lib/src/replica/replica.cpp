@@ -19,10 +19,10 @@
 
 namespace edgecqrs {
 
-using detail::exec;
-using detail::quote_ident;
-using detail::reset_guard;
-using detail::statement;
+using replica_detail::exec;
+using replica_detail::quote_ident;
+using replica_detail::reset_guard;
+using replica_detail::statement;
 
 namespace {
 
@@ -30,6 +30,7 @@ constexpr std::size_t max_pending_controls = 64;
 constexpr int max_replays_per_poll = 8;
 constexpr int max_retries_per_poll = 64;
 constexpr std::int64_t prune_interval_ms = 60000;
+constexpr std::size_t max_schemas_per_stream = 32;
 constexpr std::uint64_t broken_run = std::uint64_t{1} << 62;
 constexpr std::uint64_t finished_run = broken_run + 1;
 
@@ -614,9 +615,9 @@ struct replica::impl {
   std::string_view make_key(const plan& pl, const event& ev) {
     keybuf.clear();
     if (ev.kind == event_kind::remove) {
-      for (const auto& v : ev.values) detail::append_key(keybuf, v);
+      for (const auto& v : ev.values) replica_detail::append_key(keybuf, v);
     } else {
-      for (std::uint32_t k : pl.sch.pk) detail::append_key(keybuf, ev.values[k]);
+      for (std::uint32_t k : pl.sch.pk) replica_detail::append_key(keybuf, ev.values[k]);
     }
     return keybuf;
   }
@@ -844,7 +845,6 @@ struct replica::impl {
   struct msg_opts {
     bool ignore_expiry = false;      // an operator retrying a dead letter
     std::int64_t dead_letter_id = 0; // update this dead letter instead of adding one
-    bool from_retry = false;         // no stream progress (already counted when first seen)
   };
 
   std::error_code handle_schema(stream& s, std::string_view topic, const std::uint8_t* data,
@@ -872,6 +872,20 @@ struct replica::impl {
       q_schema_put.bind_blob(4, data, size);
       if (q_schema_put.step() != SQLITE_DONE) ec = make_error_code(errc::sqlite_error);
     }
+    if (!ec) {
+      // Bounded: the most recent schemas of a stream are kept (older tags then park their
+      // messages and ask for the schema again).
+      statement trim;
+      if (trim.prepare(db, "DELETE FROM edgecqrs_r_schemas WHERE sid=?1 AND rowid NOT IN (SELECT"
+                           " rowid FROM edgecqrs_r_schemas WHERE sid=?1 ORDER BY rowid DESC"
+                           " LIMIT ?2)") != SQLITE_OK)
+        ec = make_error_code(errc::sqlite_error);
+      else {
+        trim.bind(1, s.sid);
+        trim.bind(2, static_cast<std::int64_t>(max_schemas_per_stream));
+        if (trim.step() != SQLITE_DONE) ec = make_error_code(errc::sqlite_error);
+      }
+    }
     if (!ec && reset) {
       // A new master database: its versions and seqs start again, so ours are void. Keys stay
       // (version 0) so the re-sync can remove rows the new master does not have.
@@ -898,7 +912,8 @@ struct replica::impl {
       return ec;
     }
     s.prog = p;
-    plans.erase(std::make_pair(s.sid, sch.schema_tag));
+    for (auto it = plans.begin(); it != plans.end();)
+      it = it->second->st == &s ? plans.erase(it) : std::next(it);
     s.schema_wanted = false;
     if (reset) {
       s.gap_open = false;
@@ -976,14 +991,10 @@ struct replica::impl {
     }
     progress p = s.prog;
     const std::size_t n = m.events.size();
-    if (!mo.from_retry) {
-      if (m.first_seq == 0 && n == 0) {
-        // nothing to track
-      } else if (n == 0) {
-        p.head = std::max(p.head, m.first_seq - 1);  // heartbeat: seqs below it exist
-      } else if (m.first_seq > 0) {
-        mark_seen(p, m.first_seq, m.first_seq + n - 1, opts.max_seen_ranges);
-      }
+    if (n == 0 && m.first_seq > 0) {
+      p.head = std::max(p.head, m.first_seq - 1);  // heartbeat: seqs below it exist
+    } else if (m.first_seq > 0) {
+      mark_seen(p, m.first_seq, m.first_seq + n - 1, opts.max_seen_ranges);
     }
     if (n == 0 && !(m.has_resync && direct)) {
       if (p.head == s.prog.head) return {};
@@ -1067,6 +1078,9 @@ struct replica::impl {
         std::error_code ec = apply_event(*pl, m.events[i], c, o, detail);
         if (ec && !per_event) return ec;
         if (ec) {
+          // SQLITE_FULL, IOERR, NOMEM and BUSY may roll the whole transaction back on their
+          // own; carrying on would write the rest in autocommit mode.
+          if (sqlite3_get_autocommit(db)) return ec;
           exec(db, "ROLLBACK TO ev");
           if (session) {
             // Keep the row in the session so completing it does not remove it meanwhile.
@@ -1082,9 +1096,7 @@ struct replica::impl {
       if (finish_session) {
         if (auto ec = finish_resync(s, p, m.resync, delta)) return ec;
       }
-      if (!mo.from_retry || finish_session) {
-        if (auto ec = save_stream(s, p)) return ec;
-      }
+      if (auto ec = save_stream(s, p)) return ec;
       return {};
     };
     if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
@@ -1155,7 +1167,7 @@ struct replica::impl {
         event ev;
         ev.kind = event_kind::remove;
         ev.row_version = version;
-        if (!detail::decode_key(key, ev.values) || ev.values.size() != pl->sch.pk.size())
+        if (!replica_detail::decode_key(key, ev.values) || ev.values.size() != pl->sch.pk.size())
           return make_error_code(errc::bad_value);
         if (s.opts.on_delete) {
           apply_ctx c;
@@ -1244,16 +1256,19 @@ struct replica::impl {
       std::error_code ec;
       std::string detail;
       plan* pl = nullptr;
+      bool obsolete = false;
       if (!s) {
         ec = make_error_code(errc::unknown_stream);
       } else if ((ec = decode_message(reinterpret_cast<const std::uint8_t*>(d.body.data()),
                                       d.body.size(), m, opts.limits))) {
       } else if (m.events.size() != 1 || !(pl = find_plan(*s, m.schema_tag)) || pl->problem) {
         ec = make_error_code(errc::unknown_schema);
+      } else if (!s->has_incarnation || pl->sch.incarnation != s->incarnation) {
+        obsolete = true;  // from a master database this replica no longer follows
       }
       if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
       outcome o = outcome::ignored;
-      if (!ec) {
+      if (!ec && !obsolete) {
         apply_ctx c;
         c.direct = parse_topic(opts.topic_prefix, d.topic).kind == topic_kind::direct;
         c.seq = m.first_seq;
@@ -1262,11 +1277,13 @@ struct replica::impl {
           return make_error_code(errc::sqlite_error);
         }
         ec = apply_event(*pl, m.events[0], c, o, detail);
+        if (ec && sqlite3_get_autocommit(db)) return ec;  // rolled back by SQLite itself
         exec(db, ec ? "ROLLBACK TO ev" : "RELEASE ev");
         if (ec) exec(db, "RELEASE ev");
       }
       std::error_code ec2;
       statement u;
+      if (ec && detail.empty()) detail = ec.message();  // bound SQLITE_STATIC below
       const std::uint32_t attempts = d.attempts + 1;
       if (!ec || attempts >= opts.max_retries) {
         if (ec) {
@@ -1290,7 +1307,7 @@ struct replica::impl {
           u.bind(2, attempts);
           u.bind(3, steady() + delay);
           u.bind(4, ec.value());
-          u.bind_text(5, detail.empty() ? ec.message() : detail);
+          u.bind_text(5, detail);
         }
       }
       if (!ec2 && u && u.step() != SQLITE_DONE) ec2 = make_error_code(errc::sqlite_error);
@@ -1598,7 +1615,7 @@ std::error_code replica::list_dead_letters(std::vector<dead_letter>& out, std::s
     d.at_ms = q.col_int(1);
     d.cqrs_id = std::string(q.col_text(2));
     d.topic = std::string(q.col_text(3));
-    detail::decode_key(q.col_blob(4), d.key);
+    replica_detail::decode_key(q.col_blob(4), d.key);
     // Only our own category is stored by this library; others are reported generically.
     if (q.col_text(6) == edgecqrs_category().name())
       d.reason = std::error_code(static_cast<int>(q.col_int(5)), edgecqrs_category());
