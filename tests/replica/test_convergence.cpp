@@ -35,6 +35,13 @@ const char* const replica_ddl =
     "CREATE TABLE readings(sensor TEXT NOT NULL, ts INTEGER NOT NULL, value REAL,"
     " PRIMARY KEY(sensor, ts));";
 
+// The composite-key table needs the pre-update hook: a build without it refuses to register
+// it (docs/capture.md), so there the simulation runs over the rowid tables only.
+std::vector<const char*> streams() {
+  if (master::has_preupdate_hook()) return {"items", "readings", "blobs"};
+  return {"items", "blobs"};
+}
+
 class sim {
  public:
   explicit sim(std::uint64_t seed) : rng_(seed), broker_(seed, &clk_) {
@@ -50,7 +57,7 @@ class sim {
     cfg.heartbeat_interval_ms = 1000;
     cfg.replay_keep_records = 20 + rng_() % 60;  // small: some replays become re-syncs
     REQUIRE_FALSE(master::attach(mdb_, cfg, pub_.get(), m_, clk_));
-    for (const char* t : {"items", "readings", "blobs"}) {
+    for (const char* t : streams()) {
       table_options o;
       o.table = t;
       o.cqrs_id = t;
@@ -85,7 +92,7 @@ class sim {
     replica_table_options readings;
     readings.local_table = "readings";
     readings.mapping = {{"v", "value"}, {"note", ""}};
-    REQUIRE_FALSE(r_->register_table("readings", readings));
+    if (master::has_preupdate_hook()) REQUIRE_FALSE(r_->register_table("readings", readings));
     // No-DB mode: an external store that survives replica restarts.
     replica_table_options blobs;
     blobs.on_create = [this](const change& c) { return put_blob(c); };
@@ -115,6 +122,7 @@ class sim {
       for (int i = 0; i < n; ++i) {
         std::string sql;
         int table = static_cast<int>(rng_() % 3);
+        if (table == 1 && !master::has_preupdate_hook()) table = 2;
         int op = static_cast<int>(rng_() % 10);
         long long k = static_cast<long long>(rng_() % 24);
         long long k2 = static_cast<long long>(rng_() % 24);
@@ -189,8 +197,9 @@ class sim {
     bool same =
         dump(mdb_, "SELECT id, name, qty FROM items ORDER BY id") ==
             dump(rdb, "SELECT id, name, qty FROM items ORDER BY id") &&
-        dump(mdb_, "SELECT sensor, ts, v FROM readings ORDER BY sensor, ts") ==
-            dump(rdb, "SELECT sensor, ts, value FROM readings ORDER BY sensor, ts");
+        (!master::has_preupdate_hook() ||
+         dump(mdb_, "SELECT sensor, ts, v FROM readings ORDER BY sensor, ts") ==
+             dump(rdb, "SELECT sensor, ts, value FROM readings ORDER BY sensor, ts"));
     sqlite3_close(rdb);
     if (!same) return false;
     std::map<std::int64_t, std::string> want;
@@ -223,7 +232,7 @@ class sim {
       clk_.advance(250);
       if (round % 8 == 7 && converged()) {
         bool quiet = true;
-        for (const char* id : {"items", "readings", "blobs"}) {
+        for (const char* id : streams()) {
           stream_status ss;
           REQUIRE_FALSE(r_->status(id, ss));
           quiet = quiet && ss.checkpoint == m_->head_seq(id) && ss.seen_ranges == 0;
@@ -262,7 +271,7 @@ class sim {
 
   std::string describe() {
     std::string out;
-    for (const char* id : {"items", "readings", "blobs"}) {
+    for (const char* id : streams()) {
       stream_status ss;
       r_->status(id, ss);
       out += std::string(id) + ": master head " + std::to_string(m_->head_seq(id)) +

@@ -1606,7 +1606,9 @@ std::error_code replica::list_dead_letters(std::vector<dead_letter>& out, std::s
                            " attempts, body FROM edgecqrs_r_dead ORDER BY id LIMIT ?1 OFFSET ?2") !=
       SQLITE_OK)
     return make_error_code(errc::sqlite_error);
-  q.bind(1, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+  // On 32-bit targets size_t is narrower than int64: widen before clamping.
+  const std::uint64_t lim = limit;
+  q.bind(1, static_cast<std::int64_t>(std::min<std::uint64_t>(lim, INT64_MAX)));
   q.bind(2, static_cast<std::int64_t>(offset));
   int rc;
   while ((rc = q.step()) == SQLITE_ROW) {
