@@ -12,5 +12,9 @@ struct run_state {
 };
 
 void register_decode(CLI::App& app, run_state& st);
+void register_status(CLI::App& app, run_state& st);
+void register_dump(CLI::App& app, run_state& st);  // dump and load
+void register_diff(CLI::App& app, run_state& st);  // diff-master, diff-replica, diff-sync
+void register_dead_letters(CLI::App& app, run_state& st);
 
 }  // namespace edgecqrs::cli
