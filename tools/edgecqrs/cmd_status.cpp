@@ -64,7 +64,10 @@ int master_status(sqlite3* db, nlohmann::json& j) {
   nlohmann::json streams = nlohmann::json::array();
   stmt q;
   if (!q.prepare(db,
-                 "SELECT s.cqrs_id, s.next_seq - 1,"
+                 // The stream row's next_seq is persisted lazily (at pruning); the outbox
+                 // holds the newer records, as the master reads it at registration.
+                 "SELECT s.cqrs_id, max(s.next_seq - 1, coalesce((SELECT max(first_seq + n_events - 1)"
+                 " FROM edgecqrs_outbox o WHERE o.stream=s.rowid AND o.kind=0), 0)),"
                  " (SELECT min(first_seq) FROM edgecqrs_outbox o WHERE o.stream=s.rowid AND o.kind=0 AND o.acked=0),"
                  " (SELECT count(*) FROM edgecqrs_outbox o WHERE o.stream=s.rowid AND o.acked=0),"
                  " (SELECT count(*) FROM edgecqrs_version v WHERE v.stream=s.rowid)"
