@@ -50,7 +50,7 @@ TEST_CASE("topic filters match like MQTT") {
   CHECK_FALSE(topic_matches("+", "a/b"));
 }
 
-TEST_CASE("nothing moves until pump; acks after delivery") {
+TEST_CASE("nothing moves until pump, acks after delivery") {
   loopback::broker b;
   auto p = b.make_client("p");
   auto s = b.make_client("s");
@@ -82,7 +82,7 @@ TEST_CASE("window and queue bounds refuse publishes") {
   CHECK(pub(*q, "t/+", "x") == errc::publish_failed);
 }
 
-TEST_CASE("retained messages reach later subscribers; empty payload clears") {
+TEST_CASE("retained messages reach later subscribers, empty payload clears") {
   loopback::broker b;
   auto p = b.make_client("p");
   REQUIRE_FALSE(pub(*p, "s/a", "schema-a", nullptr, true));

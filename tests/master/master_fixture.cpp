@@ -43,7 +43,7 @@ std::error_code master_fixture::txn(const std::string& s) {
     char* err = nullptr;
     int rc = sqlite3_exec(d, s.c_str(), nullptr, nullptr, &err);
     if (rc != SQLITE_OK) {
-      MESSAGE(s << ": " << (err ? err : "?"));
+      MESSAGE(s << ": " << std::string(err ? err : "?"));
       sqlite3_free(err);
       return make_error_code(errc::sqlite_error);
     }

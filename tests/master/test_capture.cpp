@@ -126,8 +126,15 @@ TEST_CASE("capture: an UPDATE changing the primary key is delete old + save new"
   f.drain();
   auto ev = f.events("reading");
   REQUIRE(ev.size() == 3);
-  check_event(ev[1], event_kind::remove, 2, {I(1)});
-  check_event(ev[2], event_kind::save, 1, {I(5), T("a"), R(1), I(1)});
+  // Different keys: their order within the transaction does not matter to a replica (the
+  // pre-update hook build reports the old key first).
+  std::size_t del = ev[1].kind == event_kind::remove ? 1 : 2;
+  check_event(ev[del], event_kind::remove, 2, {I(1)});
+  // Without the pre-update hook the update hook reports the new key as an UPDATE, so it starts
+  // at version 2 (still above anything a replica has for it).
+  check_event(ev[3 - del], event_kind::save, master::has_preupdate_hook() ? 1 : 2,
+              {I(5), T("a"), R(1), I(1)});
+  if (master::has_preupdate_hook()) CHECK(del == 1);
 }
 
 TEST_CASE("capture: ON DELETE CASCADE into another registered table") {
@@ -277,7 +284,7 @@ TEST_CASE("capture: WITHOUT ROWID tables") {
   check_event(ev[4], event_kind::remove, 2, {T("a"), I(2)});
 }
 
-TEST_CASE("capture: filtered rows send no save; deletes are always sent") {
+TEST_CASE("capture: filtered rows send no save, deletes are always sent") {
   master_fixture f;
   f.sql("CREATE TABLE s(id INTEGER PRIMARY KEY, public INTEGER, x TEXT)");
   table_options o;
@@ -371,7 +378,7 @@ TEST_CASE("capture: custom serialization with a join") {
   check_event(ev[1], event_kind::remove, 2, {I(9)});
 }
 
-TEST_CASE("capture: custom serialization callback; its failure fails the commit") {
+TEST_CASE("capture: custom serialization callback, its failure fails the commit") {
   master_fixture f;
   f.sql("CREATE TABLE c(id INTEGER PRIMARY KEY, name TEXT)");
   table_options o;

@@ -24,9 +24,8 @@ using namespace edgecqrs;
 namespace {
 
 // Highest id the child reported as committed, read from its stdout pipe.
-long read_reported(int fd) {
+long read_reported(int fd, std::string buf) {
   long last = 0;
-  std::string buf;
   char tmp[4096];
   ssize_t n;
   while ((n = ::read(fd, tmp, sizeof tmp)) > 0) buf.append(tmp, static_cast<std::size_t>(n));
@@ -69,13 +68,22 @@ TEST_CASE("kill -9 during a write loop loses nothing committed, keeps nothing un
     REQUIRE(posix_spawn(&pid, EDGECQRS_KILL_CHILD, &fa, nullptr, args, environ) == 0);
     posix_spawn_file_actions_destroy(&fa);
     ::close(fds[1]);
-    // Random instant: 5-60 ms after start (opening, registering and writing all get hit).
-    std::this_thread::sleep_for(std::chrono::microseconds(5000 + rnd() % 55000));
+    // Random instant during the write loop: 0-40 ms after the child's first commit (the start
+    // time varies a lot, e.g. under sanitizers).
+    std::string head_line;
+    char ch = 0;
+    while (::read(fds[0], &ch, 1) == 1) {
+      head_line += ch;
+      if (ch == '\n') break;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rnd() % 40000));
     ::kill(pid, SIGKILL);
     int status = 0;
     ::waitpid(pid, &status, 0);
-    long reported = read_reported(fds[0]);
+    long reported = read_reported(fds[0], head_line);
     ::close(fds[0]);
+    INFO("child status " << status << (WIFEXITED(status) ? " exited " : " signalled ")
+                         << (WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status)));
     REQUIRE(WIFSIGNALED(status));
     if (reported) {
       reported_total += (reported - next_id + 1);

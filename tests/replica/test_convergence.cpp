@@ -110,14 +110,14 @@ class sim {
   }
 
   void random_transaction() {
-    int n = 1 + static_cast<int>(rng_() % 4);
+    int n = 1 + static_cast<int>(rng_() % 6);
     auto ec = m_->transaction([&](sqlite3* db) -> std::error_code {
       for (int i = 0; i < n; ++i) {
         std::string sql;
         int table = static_cast<int>(rng_() % 3);
         int op = static_cast<int>(rng_() % 10);
-        long long k = static_cast<long long>(rng_() % 40);
-        long long k2 = static_cast<long long>(rng_() % 40);
+        long long k = static_cast<long long>(rng_() % 24);
+        long long k2 = static_cast<long long>(rng_() % 24);
         long long v = static_cast<long long>(rng_() % 1000);
         if (table == 0) {
           if (op < 4)

@@ -723,3 +723,24 @@ TEST_CASE("a pending retry from a replaced master incarnation is dropped, not ap
   REQUIRE_FALSE(f.r->dead_letter_count(n));
   CHECK(n == 0);
 }
+
+TEST_CASE("shared subscriptions for workers; the seen-range set is bounded") {
+  fixture f;
+  f.ro.shared_group = "workers";
+  f.ro.max_seen_ranges = 4;
+  f.open();
+  CHECK(f.tp.subs.count("$share/workers/edgecqrs/v1/e/items") == 1);
+  CHECK(f.tp.subs.count("edgecqrs/v1/d/gw1/items") == 1);
+  f.ready();
+  // Every other seq arrives: each is a new range above the checkpoint.
+  for (std::uint64_t seq = 2; seq <= 20; seq += 2)
+    CHECK_FALSE(f.send(msg(f.sch, seq, {save(1, {I(static_cast<std::int64_t>(seq)), T("x"), I(1)})})));
+  stream_status ss;
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.seen_ranges <= 4);
+  CHECK(ss.head == 20);
+  auto c = f.tp.take_controls();
+  REQUIRE_FALSE(c.empty());
+  CHECK(c.back().op == control_op::resync);
+  CHECK(f.rows().size() == 10);  // applied at once all the same
+}

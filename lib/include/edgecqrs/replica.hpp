@@ -90,7 +90,7 @@ struct replica_options {
   std::string name;                                 // replica name (docs/topics.md names)
   std::string topic_prefix = std::string(default_topic_prefix);
   decode_limits limits;                             // outside input limits
-  clock* time = nullptr;                            // nullptr: system_clock()
+  clock* time = nullptr;                            // not owned; nullptr: system_clock()
   std::string shared_group;                         // non-empty: subscribe events via $share/<g>/
   // Gap repair (docs/replication.md §3).
   std::int64_t reorder_window_ms = 2000;
@@ -109,6 +109,7 @@ struct replica_options {
   std::int64_t tombstone_retention_ms = 7LL * 24 * 3600 * 1000;
 };
 
+// Counters since the replica object was opened (not persisted).
 struct replica_stats {
   std::uint64_t messages = 0;            // messages handled by on_message
   std::uint64_t events_applied = 0;      // events that changed state (SQL or handler)

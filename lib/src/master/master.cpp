@@ -113,6 +113,7 @@ struct master::impl {
     stmt read_custom;                         // serializer_sql
     std::uint64_t next_seq = 1;
     std::uint64_t saved_next_seq = 1;
+    std::atomic<std::uint64_t> head{0};        // last committed seq, for other threads
     std::int64_t last_publish_ms = 0;
     std::string event_topic, schema_topic, control_topic;
   };
@@ -167,7 +168,11 @@ struct master::impl {
 
   // capture state (touched by SQLite hooks on the writing thread)
   std::vector<dirty_row> dirty;
-  std::unordered_map<std::string, std::size_t> dirty_index;
+  // Open addressing over indices into `dirty` (no allocation per row): slot = index + 1, 0 empty.
+  std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
+  std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
+  std::vector<value_view> vals_scratch;
+  std::size_t n_dirty = 0;  // entries of `dirty` in use
   bool internal_write = false;  // the library's own statements: not captured, not refused
   bool committing = false;
   bool dirty_overflow = false;
@@ -372,32 +377,54 @@ struct master::impl {
   dirty_row* touch(table_state* t, const value_view* pk, bool existed_before, bool& fresh) {
     fresh = false;
     std::string key = encode_key(pk, t->pk_table_cols.size());
-    std::string ikey;
-    ikey.reserve(key.size() + 4);
-    auto tix = static_cast<std::uint32_t>(t->index);
-    ikey.append(reinterpret_cast<const char*>(&tix), sizeof tix);
-    ikey += key;
-    auto it = dirty_index.find(ikey);
-    if (it != dirty_index.end()) return &dirty[it->second];
-    if (dirty.size() >= cfg.max_rows_per_transaction) {
+    std::uint64_t h = key_hash(static_cast<std::int64_t>(t->index), key);
+    std::size_t mask = dirty_slots.size() - 1;
+    std::size_t pos = static_cast<std::size_t>(h) & mask;
+    while (std::uint32_t slot = dirty_slots[pos]) {
+      dirty_row& e = dirty[slot - 1];
+      if (dirty_hashes[slot - 1] == h && e.t == t && e.key == key) return &e;
+      pos = (pos + 1) & mask;
+    }
+    if (n_dirty >= cfg.max_rows_per_transaction) {
       dirty_overflow = true;
       return nullptr;
     }
-    dirty_index.emplace(std::move(ikey), dirty.size());
-    dirty_row d;
+    dirty_slots[pos] = static_cast<std::uint32_t>(n_dirty + 1);
+    dirty_hashes.push_back(h);
+    if ((n_dirty + 1) * 2 > dirty_slots.size()) {
+      // Keep the load under one half: rebuild at twice the size.
+      std::vector<std::uint32_t> bigger(dirty_slots.size() * 2);
+      std::size_t m2 = bigger.size() - 1;
+      for (std::size_t i = 0; i < dirty_hashes.size(); ++i) {
+        std::size_t p2 = static_cast<std::size_t>(dirty_hashes[i]) & m2;
+        while (bigger[p2]) p2 = (p2 + 1) & m2;
+        bigger[p2] = static_cast<std::uint32_t>(i + 1);
+      }
+      dirty_slots.swap(bigger);
+    }
+    // Entries are reused across transactions so their buffers keep their capacity (no
+    // allocation per row in steady state); the pool shrinks when it grew large.
+    if (n_dirty == dirty.size()) dirty.emplace_back();
+    dirty_row& d = dirty[n_dirty++];
     d.t = t;
-    d.key = std::move(key);
+    d.key.swap(key);
     d.existed_before = existed_before;
-    d.pk.reserve(t->pk_table_cols.size());
-    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk.push_back(value::from(pk[i]));
-    dirty.push_back(std::move(d));
+    d.have_old = false;
+    d.old.clear();
+    d.final_state = 0;
+    d.fin.clear();
+    d.pk.resize(t->pk_table_cols.size());
+    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk[i] = value::from(pk[i]);
     fresh = true;
-    return &dirty.back();
+    return &d;
   }
 
   void clear_dirty() {
-    dirty.clear();
-    dirty_index.clear();
+    n_dirty = 0;
+    if (dirty.size() > 4096) dirty.clear();
+    dirty_hashes.clear();
+    if (dirty_slots.size() > 4096) dirty_slots = std::vector<std::uint32_t>(1024);
+    else std::fill(dirty_slots.begin(), dirty_slots.end(), 0u);
     dirty_overflow = false;
     rollback_to_seen = false;
     cached_bytes = 0;
@@ -499,12 +526,22 @@ struct master::impl {
     bool fresh = false;
     m->touch(it->second, &k, op != SQLITE_INSERT, fresh);
   }
+  // The update hook reports an UPDATE that changes the rowid under the new rowid only; a TEMP
+  // trigger per table reports the old one through this function.
+  static void fn_key_gone(sqlite3_context* ctx, int, sqlite3_value** argv) {
+    auto* m = static_cast<impl*>(sqlite3_user_data(ctx));
+    auto ix = static_cast<std::size_t>(sqlite3_value_int64(argv[0]));
+    if (m->internal_write || ix >= m->tables.size() || !m->tables[ix]->produce) return;
+    value_view k = value_view::integer(sqlite3_value_int64(argv[1]));
+    bool fresh = false;
+    m->touch(m->tables[ix].get(), &k, true, fresh);
+  }
 #endif
 
   static int on_commit(void* ctx) {
     auto* m = static_cast<impl*>(ctx);
     if (m->committing || m->internal_write) return 0;
-    if (m->dirty.empty() && !m->dirty_overflow) return 0;
+    if (m->n_dirty == 0 && !m->dirty_overflow) return 0;
     // A commit that bypasses master::commit() would publish nothing: refuse it.
     ++m->unmanaged_refused;
     return 1;
@@ -670,6 +707,10 @@ struct master::impl {
   std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
                                                                    std::uint64_t&)>& body);
   std::error_code subscribe_control(table_state& t);
+  bool sink_has_work() {
+    std::lock_guard<std::mutex> lk(snk->mu);
+    return !snk->done.empty() || !snk->control.empty();
+  }
   void wake_bg() {
     std::lock_guard<std::mutex> lk(bg_mu);
     bg_wake = true;
@@ -684,6 +725,8 @@ void master::impl::install_hooks() {
   sqlite3_preupdate_hook(db, &impl::on_preupdate, this);
 #else
   sqlite3_update_hook(db, &impl::on_update, this);
+  sqlite3_create_function_v2(db, "edgecqrs_key_gone", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, this,
+                             &impl::fn_key_gone, nullptr, nullptr, nullptr);
 #endif
   sqlite3_commit_hook(db, &impl::on_commit, this);
   sqlite3_rollback_hook(db, &impl::on_rollback, this);
@@ -950,9 +993,26 @@ std::error_code master::impl::register_table(const table_options& o) {
     return enqueue_schema(*tp, nr, nb);
   });
   if (ec) return ec;
-  by_table[canon] = tp;
-  by_id[o.cqrs_id] = tp;
+#ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
+  {
+    std::string trig = "CREATE TEMP TRIGGER IF NOT EXISTS " +
+                       quote_ident("edgecqrs_key_gone_" + std::to_string(tp->index)) +
+                       " AFTER UPDATE ON main." + quote_ident(canon) +
+                       " WHEN old.rowid IS NOT new.rowid BEGIN SELECT edgecqrs_key_gone(" +
+                       std::to_string(tp->index) + ", old.rowid); END";
+    internal_write = true;
+    std::error_code te = exec(trig.c_str());
+    internal_write = false;
+    if (te) return te;
+  }
+#endif
+  {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    by_table[canon] = tp;
+    by_id[o.cqrs_id] = tp;
+  }
   by_stream[tp->stream_id] = tp;
+  tp->head = tp->next_seq - 1;
   tables.push_back(std::move(t));
   if (tx) subscribe_control(*tp);
   return {};
@@ -1065,7 +1125,8 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     if (same) return {};
   }
   std::size_t ncol = t.sch.columns.size();
-  std::vector<value_view> vals(ncol);
+  std::vector<value_view>& vals = vals_scratch;
+  vals.assign(ncol, value_view::null());
   sqlite3_stmt* rc_stmt = nullptr;
   reset_guard g2{nullptr};
   if (!t.serializer_sql.empty()) {
@@ -1135,11 +1196,11 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
     last_error = "more than max_rows_per_transaction rows changed in one transaction";
     return make_error_code(errc::outbox_full);
   }
-  if (dirty.empty()) return {};
+  if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
   // Stable grouping per table, in order of first change.
   std::vector<std::vector<std::size_t>> per_table(tables.size());
-  for (std::size_t i = 0; i < dirty.size(); ++i) per_table[dirty[i].t->index].push_back(i);
+  for (std::size_t i = 0; i < n_dirty; ++i) per_table[dirty[i].t->index].push_back(i);
   for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   for (std::size_t ti = 0; ti < tables.size(); ++ti) {
     if (per_table[ti].empty()) continue;
@@ -1855,6 +1916,7 @@ std::error_code master::commit() {
   } else {
     m.pending_records += nr;
     m.pending_bytes += nb;
+    for (auto& t : m.tables) t->head = t->next_seq - 1;
     std::lock_guard<std::mutex> lk(m.stats_mu);
     if (ne) ++m.st.transactions;
     m.st.events += ne;
@@ -1993,7 +2055,7 @@ std::error_code master::start(std::int64_t interval_ms) {
     std::unique_lock<std::mutex> lk(m.bg_mu);
     while (!m.bg_stop) {
       m.bg_cv.wait_for(lk, std::chrono::milliseconds(std::max<std::int64_t>(1, interval_ms)),
-                       [&] { return m.bg_stop || m.bg_wake; });
+                       [&] { return m.bg_stop || m.bg_wake || m.sink_has_work(); });
       m.bg_wake = false;
       if (m.bg_stop) break;
       lk.unlock();
@@ -2029,7 +2091,7 @@ master_stats master::stats() const {
 std::uint64_t master::head_seq(std::string_view cqrs_id) const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
   auto it = impl_->by_id.find(cqrs_id);
-  return it == impl_->by_id.end() ? 0 : it->second->next_seq - 1;
+  return it == impl_->by_id.end() ? 0 : it->second->head.load();
 }
 
 std::string master::last_error_message() const { return impl_->last_error; }

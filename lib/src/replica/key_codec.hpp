@@ -12,7 +12,7 @@
 
 #include "edgecqrs/value.hpp"
 
-namespace edgecqrs::detail {
+namespace edgecqrs::replica_detail {
 
 inline void append_be(std::string& out, std::uint64_t v, int bytes) {
   for (int s = (bytes - 1) * 8; s >= 0; s -= 8) out.push_back(static_cast<char>((v >> s) & 0xff));
@@ -83,4 +83,4 @@ inline bool decode_key(std::string_view in, std::vector<value>& out) {
   return true;
 }
 
-}  // namespace edgecqrs::detail
+}  // namespace edgecqrs::replica_detail

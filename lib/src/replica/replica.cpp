@@ -19,10 +19,10 @@
 
 namespace edgecqrs {
 
-using detail::exec;
-using detail::quote_ident;
-using detail::reset_guard;
-using detail::statement;
+using replica_detail::exec;
+using replica_detail::quote_ident;
+using replica_detail::reset_guard;
+using replica_detail::statement;
 
 namespace {
 
@@ -615,9 +615,9 @@ struct replica::impl {
   std::string_view make_key(const plan& pl, const event& ev) {
     keybuf.clear();
     if (ev.kind == event_kind::remove) {
-      for (const auto& v : ev.values) detail::append_key(keybuf, v);
+      for (const auto& v : ev.values) replica_detail::append_key(keybuf, v);
     } else {
-      for (std::uint32_t k : pl.sch.pk) detail::append_key(keybuf, ev.values[k]);
+      for (std::uint32_t k : pl.sch.pk) replica_detail::append_key(keybuf, ev.values[k]);
     }
     return keybuf;
   }
@@ -1167,7 +1167,7 @@ struct replica::impl {
         event ev;
         ev.kind = event_kind::remove;
         ev.row_version = version;
-        if (!detail::decode_key(key, ev.values) || ev.values.size() != pl->sch.pk.size())
+        if (!replica_detail::decode_key(key, ev.values) || ev.values.size() != pl->sch.pk.size())
           return make_error_code(errc::bad_value);
         if (s.opts.on_delete) {
           apply_ctx c;
@@ -1283,6 +1283,7 @@ struct replica::impl {
       }
       std::error_code ec2;
       statement u;
+      if (ec && detail.empty()) detail = ec.message();  // bound SQLITE_STATIC below
       const std::uint32_t attempts = d.attempts + 1;
       if (!ec || attempts >= opts.max_retries) {
         if (ec) {
@@ -1306,7 +1307,7 @@ struct replica::impl {
           u.bind(2, attempts);
           u.bind(3, steady() + delay);
           u.bind(4, ec.value());
-          u.bind_text(5, detail.empty() ? ec.message() : detail);
+          u.bind_text(5, detail);
         }
       }
       if (!ec2 && u && u.step() != SQLITE_DONE) ec2 = make_error_code(errc::sqlite_error);
@@ -1614,7 +1615,7 @@ std::error_code replica::list_dead_letters(std::vector<dead_letter>& out, std::s
     d.at_ms = q.col_int(1);
     d.cqrs_id = std::string(q.col_text(2));
     d.topic = std::string(q.col_text(3));
-    detail::decode_key(q.col_blob(4), d.key);
+    replica_detail::decode_key(q.col_blob(4), d.key);
     // Only our own category is stored by this library; others are reported generically.
     if (q.col_text(6) == edgecqrs_category().name())
       d.reason = std::error_code(static_cast<int>(q.col_int(5)), edgecqrs_category());

@@ -11,7 +11,7 @@
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/value.hpp"
 
-namespace edgecqrs::detail {
+namespace edgecqrs::replica_detail {
 
 // Identifiers only ever come from registration (validated against the real table), never from
 // the wire; quoting still guards against names that need it.
@@ -60,6 +60,8 @@ class statement {
   int step() { return sqlite3_step(s_); }
 
   int bind(int i, std::int64_t v) { return sqlite3_bind_int64(s_, i, v); }
+  // Text and blobs are bound SQLITE_STATIC: the bytes must stay alive until the statement is
+  // reset (no temporaries).
   int bind_text(int i, std::string_view v) {
     return sqlite3_bind_text64(s_, i, v.data(), v.size(), SQLITE_STATIC, SQLITE_UTF8);
   }
@@ -111,4 +113,4 @@ class reset_guard {
 
 inline int exec(sqlite3* db, const char* sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr); }
 
-}  // namespace edgecqrs::detail
+}  // namespace edgecqrs::replica_detail
