@@ -299,7 +299,7 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
       return 1;
     }
     std::string rk;
-    for (const auto& v : key) detail::append_key(rk, v);
+    for (const auto& v : key) replica_detail::append_key(rk, v);
     sqlite3_reset(ins.get());
     for (std::size_t i = 0; i < npk; ++i) bind_value(ins.get(), static_cast<int>(i + 1), key[i]);
     sqlite3_bind_blob(ins.get(), static_cast<int>(npk + 1), rk.data(), static_cast<int>(rk.size()), SQLITE_TRANSIENT);
@@ -410,7 +410,7 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
       for (std::size_t i = 0; i < npk; ++i) {
         value v = column_value(q.get(), static_cast<int>(i));
         bind_value(del.get(), static_cast<int>(i + 1), v);
-        detail::append_key(rk, v);
+        replica_detail::append_key(rk, v);
       }
       if (sqlite3_step(del.get()) != SQLITE_DONE) {
         errorf(cmd, "%s: delete from '%s': %s", path.c_str(), tc->table.c_str(), sqlite3_errmsg(h.db));
