@@ -163,3 +163,30 @@ TEST_CASE("consume: bad config and unreachable broker settings fail with a named
   CHECK(run("sync --db '" + d.file("none.db") + "' -c item --broker tcp://127.0.0.1:1", "/dev/null", d.file("err")) == 2);
   CHECK(edgecqrs::test::read_file(d.file("err")).find("none.db") != std::string::npos);
 }
+
+TEST_CASE("consume with two workers sharing the event subscription") {
+  edgecqrs::test::temp_dir d("clib");
+  edgecqrs::test::mosquitto_broker broker;
+  REQUIRE_MESSAGE(broker.start(), broker.error());
+  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"), cfg = d.file("replica.toml");
+  master_write(mdb, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<3000) "
+                    "INSERT INTO item SELECT i, 'name ' || i, i FROM n", true);
+  // Many small transactions: many messages for the broker to spread over the two workers.
+  for (int k = 0; k < 20; ++k)
+    master_write(mdb, "UPDATE item SET qty = qty + 1 WHERE id % 20 = " + std::to_string(k), false);
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(rdb.c_str(), &db) == SQLITE_OK);
+    exec_sql(db, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
+    sqlite3_close(db);
+  }
+  std::ofstream(cfg) << "[replica]\nname = \"gw2\"\ndatabase = \"" << rdb << "\"\nworkers = 2\n[broker]\nurl = \""
+                     << broker.uri() << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+  auto c = std::make_unique<consume_proc>(cfg, d.file("consume.err"));
+  REQUIRE_MESSAGE(wait_for([&] { return c->log_has("2 worker(s)"); }), edgecqrs::test::read_file(c->err_file));
+  REQUIRE(run("-q sync --db '" + mdb + "' -c item --where '0' --broker " + broker.uri()) == 0);
+  CHECK(wait_for([&] { return count_of(rdb, "SELECT sum(qty) FROM item") == 3000 * 3001 / 2 + 3000; }));
+  CHECK(count_of(rdb, "SELECT count(*) FROM item") == 3000);
+  CHECK(c->stop(SIGTERM) == 0);
+  CHECK(count_of(rdb, "SELECT count(*) FROM edgecqrs_r_dead") == 0);
+}

@@ -218,7 +218,7 @@ int run_sync(const sync_opts& o, const run_state& st) {
   if (!connect(cmd, t, o.broker, st.quiet)) return g_signal.load() ? 130 : 1;
   m->set_transport(&t);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o.timeout_s);
-  progress prog("edgecqrs sync: outbox records left", st.quiet);
+  progress prog("edgecqrs sync: messages published", st.quiet);
   int rc = 0;
   for (;;) {
     if (auto ec = m->poll()) {
@@ -227,7 +227,7 @@ int run_sync(const sync_opts& o, const run_state& st) {
       break;
     }
     master_stats s = m->stats();
-    prog.update(s.records_pending);
+    prog.update(s.messages_published);
     if (s.records_pending == 0 && s.in_flight == 0) break;
     if (g_signal.load() || std::chrono::steady_clock::now() > deadline) {
       errorf(cmd, "%s with %llu outbox records unpublished (they stay queued and are sent by the "
