@@ -7,6 +7,7 @@
 // and a trailer {"end":N}; a stream without its trailer is incomplete and is never acted on
 // destructively. Every side streams in batches: memory does not grow with the table (the
 // replica keeps the master's keys in a temporary SQLite table, which spills to disk).
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -252,8 +253,33 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
     }
   }
   const std::size_t npk = mpk.size();
-  std::string kcols, kq, kmatch;
+  // The key columns take the local columns' declared types: with the same affinity on both
+  // sides the joins below use the indexes (otherwise every probe is a full scan).
+  std::vector<std::string> ktype(npk);
+  {
+    stmt q;
+    if (!q.prepare(h.db, "SELECT type FROM pragma_table_info(?1) WHERE name=?2")) {
+      errorf(cmd, "%s", sqlite3_errmsg(h.db));
+      return 1;
+    }
+    for (std::size_t i = 0; i < npk; ++i) {
+      sqlite3_reset(q.get());
+      sqlite3_bind_text(q.get(), 1, tc->table.c_str(), -1, SQLITE_TRANSIENT);
+      sqlite3_bind_text(q.get(), 2, lpk[i].c_str(), -1, SQLITE_TRANSIENT);
+      if (sqlite3_step(q.get()) != SQLITE_ROW) {
+        errorf(cmd, "%s: table '%s' has no key column '%s' (master key column '%s')", path.c_str(),
+               tc->table.c_str(), lpk[i].c_str(), mpk[i].c_str());
+        return 2;
+      }
+      // Only the affinity matters: keep letters, digits, spaces, parentheses, commas.
+      for (const char* c = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0)); *c; ++c)
+        if (std::isalnum(static_cast<unsigned char>(*c)) || *c == ' ' || *c == '(' || *c == ')' || *c == ',')
+          ktype[i] += *c;
+    }
+  }
+  std::string kcols, kdecl, kq, kmatch;
   for (std::size_t i = 0; i < npk; ++i) {
+    kdecl += (i ? ",k" : "k") + std::to_string(i) + " " + ktype[i];
     kcols += (i ? ",k" : "k") + std::to_string(i);
     kq += i ? ",?" : "?";
     kmatch += (i ? " AND m.k" : "m.k") + std::to_string(i) + "=l." + quote_ident(lpk[i]);
@@ -261,7 +287,7 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
   // The master's keys go into a temporary table (on disk beyond the page cache): bounded memory
   // and set operations in SQL, whatever the key order of either side.
   if (!exec(cmd, h.db, "PRAGMA temp_store=FILE") ||
-      !exec(cmd, h.db, "CREATE TEMP TABLE diff_m(" + kcols + ", key BLOB PRIMARY KEY, version INTEGER NOT NULL)") ||
+      !exec(cmd, h.db, "CREATE TEMP TABLE diff_m(" + kdecl + ", key BLOB PRIMARY KEY, version INTEGER NOT NULL)") ||
       !exec(cmd, h.db, "CREATE INDEX temp.diff_m_k ON diff_m(" + kcols + ")"))
     return 1;
   stmt ins;
