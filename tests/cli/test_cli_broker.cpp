@@ -151,7 +151,7 @@ TEST_CASE("consume applies, stops cleanly on SIGTERM and SIGINT, and catches up 
   CHECK(count_of(rdb, "SELECT count(*) FROM edgecqrs_r_dead") == 0);
 }
 
-TEST_CASE("consume: bad config and unreachable broker settings fail with a named problem") {
+TEST_CASE("consume and sync: a bad config or a missing database fails with a named problem") {
   edgecqrs::test::temp_dir d("clib");
   const std::string cfg = d.file("replica.toml");
   std::ofstream(cfg) << "[replica]\nname = \"gw1\"\ndatabase = \"x.db\"\nworkers = 2\n[broker]\nmqtt_version = 3\n"
