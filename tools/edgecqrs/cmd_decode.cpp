@@ -78,7 +78,29 @@ void register_decode(CLI::App& app, run_state& st) {
   auto* cmd = app.add_subcommand("decode", "Print events (message, CBOR sequence or dump file) as JSON lines");
   auto input = std::make_shared<std::string>("-");
   cmd->add_option("input", *input, "File to read, '-' for stdin")->capture_default_str();
+#ifdef EDGECQRS_HAVE_PAHO
+  auto sub = std::make_shared<std::vector<std::string>>();
+  auto count = std::make_shared<std::uint64_t>(0);
+  auto* so = cmd->add_option("--subscribe", *sub, "Live from a broker: URL TOPIC (filter, e.g. 'edgecqrs/v1/#')")
+                 ->expected(2)
+                 ->type_name("URL TOPIC");
+  cmd->add_option("-n,--count", *count, "With --subscribe: stop after this many messages (0: until SIGINT)")
+      ->needs(so);
+  cmd->callback([&st, input, sub, count] {
+    if (!sub->empty()) {
+      if (*input != "-") {
+        std::fprintf(stderr, "edgecqrs decode: give either an input file or --subscribe, not both\n");
+        st.status = 2;
+        return;
+      }
+      st.status = decode_subscribe((*sub)[0], (*sub)[1], *count, st.quiet);
+    } else {
+      st.status = run(*input);
+    }
+  });
+#else
   cmd->callback([&st, input] { st.status = run(*input); });
+#endif
 }
 
 }  // namespace edgecqrs::cli

@@ -10,7 +10,14 @@ int main(int argc, char** argv) {
   edgecqrs::cli::run_state st;
   app.add_flag("-q,--quiet", st.quiet, "No progress display");
   app.set_version_flag("--version", std::string("edgecqrs ") + edgecqrs::version());
+  edgecqrs::cli::register_status(app, st);
+  edgecqrs::cli::register_dump(app, st);
+  edgecqrs::cli::register_diff(app, st);
+  edgecqrs::cli::register_dead_letters(app, st);
   edgecqrs::cli::register_decode(app, st);
+#ifdef EDGECQRS_HAVE_PAHO
+  edgecqrs::cli::register_consume(app, st);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

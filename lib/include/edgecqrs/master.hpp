@@ -166,6 +166,10 @@ class master {
   // the file cannot be written.
   std::error_code dump(std::string_view cqrs_id, const std::string& path,
                        std::size_t* rows = nullptr);
+  // The same, for the rows matching `where_sql` (as in sync(), bound parameters ?1..?n).
+  std::error_code dump(std::string_view cqrs_id, const std::string& path,
+                       std::string_view where_sql, const std::vector<sql_param>& params,
+                       std::size_t* rows = nullptr);
 
   // ---- publishing ----
   void set_transport(transport* tx);

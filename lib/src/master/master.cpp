@@ -1980,6 +1980,12 @@ std::error_code master::sync(std::string_view cqrs_id, std::string_view where_sq
 
 std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
                              std::size_t* rows) {
+  return dump(cqrs_id, path, "", {}, rows);
+}
+
+std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
+                             std::string_view where_sql, const std::vector<sql_param>& params,
+                             std::size_t* rows) {
   impl& m = *impl_;
   if (m.in_txn && m.txn_owner == std::this_thread::get_id())
     return make_error_code(errc::nested_transaction);
@@ -2007,7 +2013,7 @@ std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
     ec = m.exec("BEGIN");
     if (!ec) {
       ec = m.read_rows(
-          t, "", {},
+          t, where_sql, params,
           [&](std::int64_t, std::size_t, const std::uint8_t* grp, std::size_t size) {
             out.clear();
             if (auto e = append_encoded(out, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
