@@ -45,6 +45,13 @@ std::int64_t now_us() {  // shared clock of both processes
   return static_cast<std::int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
+double cpu_s() {  // user + system CPU time of this process
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 long peak_rss_kib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -122,7 +129,8 @@ int run_master(const std::string& uri, const std::string& path, const std::strin
   std::ofstream f(out);
   f << "start_us=" << t0 << "\nwritten_us=" << written << "\ndrained_us=" << drained
     << "\nevents=" << st.events << "\npending=" << st.records_pending
-    << "\nmessages=" << st.messages_published << "\nrss_kib=" << peak_rss_kib() << "\n";
+    << "\nmessages=" << st.messages_published << "\nrss_kib=" << peak_rss_kib()
+    << "\ncpu_us=" << static_cast<long long>(cpu_s() * 1e6) << "\n";
   for (std::size_t i = 0; i < committed.size(); ++i) f << "c " << (i + 1) << ' ' << committed[i] << "\n";
   m.reset();
   tx.stop();
@@ -207,7 +215,8 @@ int run_replica(const std::string& uri, const std::string& path, const std::stri
   std::lock_guard<std::mutex> lk(mu);
   f << "first_us=" << first_us << "\ndone_us=" << done_us << "\nseen=" << seen
     << "\napplied=" << st.events_applied << "\nmessages=" << st.messages
-    << "\ndead_letters=" << st.dead_letters << "\nrss_kib=" << peak_rss_kib() << "\n";
+    << "\ndead_letters=" << st.dead_letters << "\nrss_kib=" << peak_rss_kib()
+    << "\ncpu_us=" << static_cast<long long>(cpu_s() * 1e6) << "\n";
   for (long i = 1; i <= events; ++i) f << "v " << i << ' ' << visible[static_cast<std::size_t>(i)] << "\n";
   sqlite3_finalize(q);
   r.reset();
@@ -364,6 +373,10 @@ int main(int argc, char** argv) {
   std::printf("e2e_messages=%lld\n", static_cast<long long>(m.num("messages")));
   std::printf("master_rss_kib=%lld\nreplica_rss_kib=%lld\n", static_cast<long long>(m.num("rss_kib")),
               static_cast<long long>(r.num("rss_kib")));
+  // CPU seconds of each process for the whole run (connect, setup, write, drain): on a shared
+  // machine the wall-clock rate above also counts time spent descheduled.
+  std::printf("e2e_master_cpu_s=%.3f\ne2e_replica_cpu_s=%.3f\n",
+              static_cast<double>(m.num("cpu_us")) / 1e6, static_cast<double>(r.num("cpu_us")) / 1e6);
   std::printf("replica_dead_letters=%lld\n", static_cast<long long>(r.num("dead_letters")));
 
   // P2 baseline: raw Paho QoS 1, one message per event, the master's default window.

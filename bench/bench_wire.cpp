@@ -46,14 +46,16 @@ std::size_t publish_packet(std::size_t topic, std::size_t payload) {
 
 // The row values of row `id` for a table of `cols` columns (id, name, value, updated, then
 // alternating integer / real / short text columns).
+std::string table_name(int cols) { return cols == 4 ? "reading" : "wide"; }
+
 std::string insert_sql(int cols) {
-  std::string s = "INSERT INTO t VALUES(?1";
+  std::string s = "INSERT INTO " + table_name(cols) + " VALUES(?1";
   for (int i = 2; i <= cols; ++i) s += ",?" + std::to_string(i);
   return s + ")";
 }
 
 std::string create_sql(int cols) {
-  std::string s = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, value REAL, updated INTEGER";
+  std::string s = "CREATE TABLE " + table_name(cols) + "(id INTEGER PRIMARY KEY, name TEXT, value REAL, updated INTEGER";
   for (int i = 5; i <= cols; ++i)
     s += ", c" + std::to_string(i) + (i % 3 == 0 ? " REAL" : i % 3 == 1 ? " INTEGER" : " TEXT");
   return s + ")";
@@ -87,7 +89,7 @@ std::string json_row(int cols) {
     }
   }
   data += "}";
-  return "{\"signal_type\":\"SAVE\",\"cqrs_id\":\"t\",\"instance_data\":" + data +
+  return "{\"signal_type\":\"SAVE\",\"cqrs_id\":\"" + table_name(cols) + "\",\"instance_data\":" + data +
          ",\"previous_data\":null,\"instance_pk\":123456,\"correlation_id\":null,\"expires\":null,"
          "\"retries\":0}";
 }
@@ -116,8 +118,8 @@ captured measure(int cols, int txns, int rows) {
   if (edgecqrs::master::open(path, cfg, pub.get(), m)) die("open");
   if (sqlite3_exec(m->db(), create_sql(cols).c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) die("create");
   edgecqrs::table_options o;
-  o.table = "t";
-  o.cqrs_id = "t";
+  o.table = table_name(cols);
+  o.cqrs_id = table_name(cols);
   if (m->register_table(o)) die("register");
   m->poll();
   broker.pump_all();
