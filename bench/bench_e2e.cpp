@@ -86,6 +86,11 @@ int run_master(const std::string& uri, const std::string& path, const std::strin
   std::unique_ptr<edgecqrs::master> m;
   if (auto ec = edgecqrs::master::open(path, cfg, &tx, m)) die("master open", ec.message());
   if (sqlite3_exec(m->db(), k_table, nullptr, nullptr, nullptr) != SQLITE_OK) die("create");
+  // Diagnostic for the RSS figure: EDGECQRS_BENCH_MASTER_CACHE_KIB sets the master connection's
+  // SQLite page cache (default: SQLite's 2000 KiB).
+  if (const char* kib = std::getenv("EDGECQRS_BENCH_MASTER_CACHE_KIB"))
+    sqlite3_exec(m->db(), ("PRAGMA cache_size=-" + std::to_string(std::atol(kib))).c_str(), nullptr,
+                 nullptr, nullptr);
   edgecqrs::table_options o;
   o.table = "reading";
   o.cqrs_id = "reading";
