@@ -1,7 +1,7 @@
-// P1: insert rate with capture + outbox relative to bare SQLite (100-row transactions, WAL,
+// P1: insert rate with capture + outbox relative to bare SQLite (100-row transactions by default, WAL,
 // synchronous=NORMAL), the table reading(id INTEGER PRIMARY KEY, name TEXT, value REAL,
 // updated INTEGER). Prints both rates and the ratio (goal >= 0.6), medians of several runs.
-// Usage: bench_capture [rows] [runs]
+// Usage: bench_capture [rows] [runs] [txn_rows=100]
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -19,7 +19,7 @@
 
 namespace {
 
-const int txn_rows = 100;
+int txn_rows = 100;
 
 sqlite3* open_db(const std::string& path) {
   ::unlink(path.c_str());
@@ -107,6 +107,8 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   int n = argc > 1 ? std::atoi(argv[1]) : 100000;
   int runs = argc > 2 ? std::atoi(argv[2]) : 5;
+  if (argc > 3) txn_rows = std::atoi(argv[3]);
+  if (txn_rows < 1) txn_rows = 1;
   const char* tmp = std::getenv("TMPDIR");
   std::string path = std::string(tmp && *tmp ? tmp : "/tmp") + "/edgecqrs-bench-capture-" +
                      std::to_string(::getpid()) + ".db";
