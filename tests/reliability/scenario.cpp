@@ -49,13 +49,15 @@ long long num(const std::map<std::string, std::string>& kv, const char* key) {
 }
 }  // namespace
 
-std::unique_ptr<example::child> scenario::start_replica(const std::string& client_id,
-                                                        bool wait) {
+std::unique_ptr<example::child> scenario::start_replica_with(const std::string& client_id,
+                                                             const std::vector<std::string>& more,
+                                                             bool wait) {
   auto c = std::make_unique<example::child>();
-  const std::vector<std::string> argv = {EDGECQRS_EXAMPLE_REPLICA, "--db", path("replica.db"),
+  std::vector<std::string> argv = {EDGECQRS_EXAMPLE_REPLICA, "--db", path("replica.db"),
                                          "--name", "dashboard", "--summary",
                                          path(client_id + ".summary"), "--uri", uri(),
                                          "--client-id", client_id, "--reorder-ms", "500"};
+  for (const auto& x : more) argv.push_back(x);
   const std::string log = path(client_id + ".log");
   const auto before = count_connected(log);
   REQUIRE(c->spawn(argv, log));
@@ -68,11 +70,12 @@ std::unique_ptr<example::child> scenario::start_replica(const std::string& clien
 }
 
 std::unique_ptr<example::child> scenario::start_master(const std::vector<std::string>& more,
-                                                       const std::string& tag) {
+                                                       const std::string& tag,
+                                                       const std::string& db) {
   auto c = std::make_unique<example::child>();
-  std::vector<std::string> argv = {EDGECQRS_EXAMPLE_MASTER, "--db", path("device.db"),
+  std::vector<std::string> argv = {EDGECQRS_EXAMPLE_MASTER, "--db", path(db),
                                    "--summary", path(tag + ".summary"), "--uri", uri(),
-                                   "--client-id", "device-master"};
+                                   "--client-id", db == "device.db" ? std::string("device-master") : "device-" + tag};
   for (const auto& x : more) argv.push_back(x);
   REQUIRE(c->spawn(argv, path(tag + ".log")));
   return c;

@@ -41,9 +41,16 @@ class scenario {
   std::string uri() const { return uri_.empty() ? broker_.uri() : uri_; }
 
   // Starts the replica; waits until it logs one more "connected" line.
-  std::unique_ptr<example::child> start_replica(const std::string& client_id, bool wait = true);
+  std::unique_ptr<example::child> start_replica(const std::string& client_id, bool wait = true) {
+    return start_replica_with(client_id, {}, wait);
+  }
+  std::unique_ptr<example::child> start_replica_with(const std::string& client_id,
+                                                     const std::vector<std::string>& more,
+                                                     bool wait = true);
+  // `db`: the master's database file name in the scenario directory.
   std::unique_ptr<example::child> start_master(const std::vector<std::string>& more,
-                                               const std::string& tag = "master");
+                                               const std::string& tag = "master",
+                                               const std::string& db = "device.db");
   // SIGKILL by PID and reap.
   static void kill9(example::child& c);
   // Stops gracefully and adds the summary figures to f.
