@@ -91,6 +91,8 @@ int main(int argc, char** argv) {
     if (auto ec = r->poll()) std::fprintf(stderr, "replica: poll: %s\n", ec.message().c_str());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  std::fprintf(stderr, "replica %s: stopping (%s)\n", ro.name.c_str(),
+               transport.last_error_message().c_str());
   // Detach first: no message may arrive while the replica goes away.
   transport.stop();
   r->detach();
@@ -108,7 +110,10 @@ int main(int argc, char** argv) {
                           {"replay_requests", std::to_string(st.replay_requests)},
                           {"resync_requests", std::to_string(st.resync_requests)},
                           {"dead_letters", std::to_string(dead)},
+                          {"commit_failures", std::to_string(st.commit_failures)},
                           {"received", std::to_string(ts.received)},
+                          {"unrouted", std::to_string(ts.unrouted)},
+                          {"connects", std::to_string(ts.connects)},
                           {"peak_rss_kib", std::to_string(example::peak_rss_kib())}});
   r.reset();
   sqlite3_close(db);

@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include "host_support.hpp"
 #include "mosquitto_fixture.hpp"
 #include "test_support.hpp"
@@ -224,4 +226,65 @@ TEST_CASE("TLS and username/password end to end and a wrong password is refused"
   auto bad = s.start_master({"--rows", "10"}, "bad-master");
   CHECK(bad->wait(30s) == 1);
   CHECK(s.log("bad-master").find("broker refused the credentials") != std::string::npos);
+}
+
+TEST_CASE("two replica workers on a shared subscription apply each event once") {
+  scenario s;
+  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  auto w1 = s.start_replica("dashboard", "dash-w1", "dashboard.db", {"--group", "dash"});
+  auto w2 = s.start_replica("dashboard", "dash-w2", "dashboard.db", {"--group", "dash"});
+  // The master stays up (as a real one does) to answer the workers' gap repair requests.
+  auto master = s.start_master({"--rows", "3000", "--batch", "10", "--max-message-events", "10",
+                                "--updates", "200", "--deletes", "100", "--linger"});
+  std::string why;
+  CHECK_MESSAGE(s.converges("dashboard.db", 60s, &why), why);
+  CHECK(w1->terminate() == 0);
+  CHECK(w2->terminate() == 0);
+  CHECK(master->terminate() == 0);
+  std::printf("shared subscription: commit failures %lld + %lld, repair requests %lld + %lld\n",
+              summary_num(s.path("dash-w1.summary"), "commit_failures"),
+              summary_num(s.path("dash-w2.summary"), "commit_failures"),
+              summary_num(s.path("dash-w1.summary"), "replay_requests"),
+              summary_num(s.path("dash-w2.summary"), "replay_requests"));
+  const auto m1 = summary_num(s.path("dash-w1.summary"), "received");
+  const auto m2 = summary_num(s.path("dash-w2.summary"), "received");
+  std::printf("shared subscription: worker 1 got %lld messages, worker 2 got %lld\n", m1, m2);
+  CHECK(m1 + m2 > 0);
+  // Open finding (see the lead's report): in about half the runs mosquitto 2.0.11 delivers
+  // nothing at all to the first worker of this two-process setup although it is connected and
+  // its SUBACKs were granted; the other worker and gap repair still converge. The port-level
+  // test "shared subscription splits one stream between two workers" checks the split itself.
+  WARN_MESSAGE(m1 > 0, "worker 1 received nothing");
+  WARN_MESSAGE(m2 > 0, "worker 2 received nothing");
+  CHECK(summary_num(s.path("dash-w1.summary"), "dead_letters") == 0);
+}
+
+TEST_CASE("direct sync reaches only the named replica") {
+  scenario s;
+  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  auto r1 = s.start_replica("r1", "dash-r1", "r1.db");
+  auto r2 = s.start_replica("r2", "dash-r2", "r2.db");
+  s.run_master({"--rows", "200", "--batch", "50"});
+  std::string why;
+  REQUIRE_MESSAGE(s.converges("r1.db", 30s, &why), why);
+  REQUIRE_MESSAGE(s.converges("r2.db", 30s, &why), why);
+  // Tamper with both replicas behind edgecqrs' back.
+  for (const char* db : {"r1.db", "r2.db"}) {
+    sqlite3* h = nullptr;
+    REQUIRE(sqlite3_open(s.path(db).c_str(), &h) == SQLITE_OK);
+    sqlite3_busy_timeout(h, 5000);
+    CHECK(sqlite3_exec(h, "UPDATE reading SET value = -1 WHERE id <= 10", nullptr, nullptr,
+                       nullptr) == SQLITE_OK);
+    sqlite3_close(h);
+  }
+  s.run_master({"--rows", "0", "--sync-to", "r1"}, "sync");
+  CHECK_MESSAGE(s.converges("r1.db", 30s, &why), why);
+  // r2 was not addressed: still tampered after r1 is repaired (and a moment more).
+  std::this_thread::sleep_for(500ms);
+  const auto tampered =
+      example::query_rows(s.path("r2.db"), "SELECT count(*) FROM reading WHERE value = -1");
+  REQUIRE(tampered.size() == 1);
+  CHECK(tampered.front() == "10");
+  CHECK(r1->terminate() == 0);
+  CHECK(r2->terminate() == 0);
 }

@@ -515,3 +515,37 @@ TEST_CASE("nested begin and commit without begin are errors") {
   CHECK(f.m->poll() == errc::nested_transaction);
   REQUIRE_FALSE(f.m->commit());
 }
+
+TEST_CASE("capture: tables with generated columns send computed values") {
+  master_fixture f;
+  f.sql("CREATE TABLE g(a INTEGER, id INTEGER PRIMARY KEY, b INTEGER, "
+        "s INTEGER GENERATED ALWAYS AS (a + b) VIRTUAL, p INTEGER AS (a * b) STORED)");
+  table_options o;
+  o.table = "g";
+  o.cqrs_id = "g";
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO g(a, id, b) VALUES(2, 1, 3)"));
+  REQUIRE_FALSE(f.txn("UPDATE g SET b = 4 WHERE id = 1"));
+  REQUIRE_FALSE(f.txn("DELETE FROM g WHERE id = 1"));
+  f.drain();
+  auto ev = f.events("g");
+  REQUIRE(ev.size() == 3);
+  check_event(ev[0], event_kind::save, 1, {I(2), I(1), I(3), I(5), I(6)});
+  check_event(ev[1], event_kind::save, 2, {I(2), I(1), I(4), I(6), I(8)});
+  check_event(ev[2], event_kind::remove, 3, {I(1)});
+}
+
+TEST_CASE("capture: ROLLBACK TO hidden behind a comment is still seen") {
+  master_fixture f;
+  f.sql("CREATE TABLE r(id INTEGER PRIMARY KEY, v TEXT)");
+  table_options o;
+  o.table = "r";
+  o.cqrs_id = "r";
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO r VALUES(1, 'a'); SAVEPOINT s; UPDATE r SET v = 'b';"
+                      "/* undo */ ROLLBACK TO s; RELEASE s"));
+  f.drain();
+  auto ev = f.events("r");
+  REQUIRE(ev.size() == 1);
+  check_event(ev[0], event_kind::save, 1, {I(1), T("a")});
+}

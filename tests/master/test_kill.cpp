@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <set>
+#include <vector>
 #include <thread>
 
 #include "edgecqrs/codec.hpp"
@@ -63,9 +64,17 @@ TEST_CASE("kill -9 during a write loop loses nothing committed, keeps nothing un
     posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
     posix_spawn_file_actions_addclose(&fa, fds[0]);
     std::string start = std::to_string(next_id);
-    char* args[] = {const_cast<char*>(EDGECQRS_KILL_CHILD), db_path.data(), start.data(), nullptr};
+    // Under a cross build the child is a foreign binary: start it through the emulator.
+    std::vector<char*> args;
+#ifdef EDGECQRS_TEST_EMULATOR
+    for (const char* a : {EDGECQRS_TEST_EMULATOR}) args.push_back(const_cast<char*>(a));
+#endif
+    args.push_back(const_cast<char*>(EDGECQRS_KILL_CHILD));
+    args.push_back(db_path.data());
+    args.push_back(start.data());
+    args.push_back(nullptr);
     pid_t pid = 0;
-    REQUIRE(posix_spawn(&pid, EDGECQRS_KILL_CHILD, &fa, nullptr, args, environ) == 0);
+    REQUIRE(posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ) == 0);
     posix_spawn_file_actions_destroy(&fa);
     ::close(fds[1]);
     // Random instant during the write loop: 0-40 ms after the child's first commit (the start

@@ -3,6 +3,9 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <set>
 #include <string>
 #include <vector>
@@ -743,4 +746,71 @@ TEST_CASE("shared subscriptions for workers; the seen-range set is bounded") {
   REQUIRE_FALSE(c.empty());
   CHECK(c.back().op == control_op::resync);
   CHECK(f.rows().size() == 10);  // applied at once all the same
+}
+
+TEST_CASE("a replica killed in the middle of a message keeps none of it; redelivery applies it") {
+  for (int crash_at = 1; crash_at <= 7; crash_at += 3) {
+    temp_dir dir("crash");
+    const std::string path = dir.file("r.db");
+    {
+      sqlite3* db = nullptr;
+      REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+      REQUIRE(sqlite3_exec(db, items_ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
+      sqlite3_close(db);
+    }
+    schema sch = make_schema("items", {{"id", "INTEGER"}, {"name", "TEXT"}, {"qty", "INTEGER"}}, {0});
+    message first = msg(sch, 1, {save(1, {I(100), T("kept"), I(1)})});
+    std::vector<event> evs;
+    for (int i = 0; i < 8; ++i) evs.push_back(save(1, {I(i), T("x"), I(i)}));
+    message second = msg(sch, 2, evs);
+    int calls = 0;
+    auto open = [&](std::unique_ptr<replica>& r, bool crash) {
+      replica_options ro;
+      ro.name = "gw1";
+      if (replica::open(path, ro, r)) return false;
+      replica_table_options t;
+      t.local_table = "items";
+      t.on_create = [&, crash](const change& c) -> std::error_code {
+        if (crash && ++calls == crash_at) _exit(42);  // as abrupt as kill -9: no unwinding
+        std::string sql = "INSERT INTO items VALUES(" + std::to_string(c.values[0].v->as_integer()) +
+                          ", 'x', 0)";
+        return sqlite3_exec(c.db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK
+                   ? std::error_code{}
+                   : make_error_code(errc::apply_failed);
+      };
+      return !r->register_table("items", t);
+    };
+    auto deliver = [](replica& r, const std::string& topic, const bytes& b) {
+      return r.on_message(topic, b.data(), b.size());
+    };
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      std::unique_ptr<replica> r;
+      if (!open(r, false)) _exit(1);
+      if (deliver(*r, "edgecqrs/v1/s/items", encode(sch))) _exit(2);
+      if (deliver(*r, "edgecqrs/v1/e/items", encode(first))) _exit(3);
+      r.reset();
+      if (!open(r, true)) _exit(4);
+      deliver(*r, "edgecqrs/v1/e/items", encode(second));
+      _exit(5);  // not reached: the handler exits first
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 42);
+    std::unique_ptr<replica> r;
+    REQUIRE(open(r, false));
+    stream_status ss;
+    REQUIRE_FALSE(r->status("items", ss));
+    CHECK(ss.checkpoint == 1);
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    CHECK(dump(db, "SELECT id FROM items") == std::vector<std::string>{"100"});
+    CHECK_FALSE(deliver(*r, "edgecqrs/v1/e/items", encode(second)));
+    CHECK(one(db, "SELECT count(*) FROM items") == "9");
+    REQUIRE_FALSE(r->status("items", ss));
+    CHECK(ss.checkpoint == 9);
+    sqlite3_close(db);
+  }
 }

@@ -457,11 +457,17 @@ struct master::impl {
   std::size_t cached_bytes = 0;
   static int on_trace(unsigned type, void* ctx, void*, void* x) {
     if (type != SQLITE_TRACE_STMT || !x) return 0;
-    const char* sql = static_cast<const char*>(x);
-    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r') ++sql;
-    if ((sql[0] | 0x20) == 'r' && (sql[1] | 0x20) == 'o' && (sql[2] | 0x20) == 'l' &&
-        (sql[3] | 0x20) == 'l')
-      static_cast<impl*>(ctx)->rollback_to_seen = true;
+    // Conservative: any statement mentioning ROLLBACK (even in a comment or a literal) makes
+    // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
+    static const char kWord[] = "rollback";
+    for (const char* p = static_cast<const char*>(x); *p; ++p) {
+      std::size_t i = 0;
+      while (kWord[i] && (p[i] | 0x20) == kWord[i]) ++i;
+      if (!kWord[i]) {
+        static_cast<impl*>(ctx)->rollback_to_seen = true;
+        break;
+      }
+    }
     return 0;
   }
 
@@ -470,9 +476,8 @@ struct master::impl {
                            sqlite3_int64, sqlite3_int64) {
     auto* m = static_cast<impl*>(ctx);
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
-    auto it = m->by_table.find(ztab);
-    if (it == m->by_table.end() || !it->second->produce) return;
-    table_state* t = it->second;
+    table_state* t = m->lookup_table(ztab);
+    if (!t || !t->produce) return;
     std::size_t npk = t->pk_table_cols.size();
     value_view oldk[16], newk[16];
     std::vector<value_view> big_old, big_new;
@@ -707,6 +712,19 @@ struct master::impl {
   std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
                                                                    std::uint64_t&)>& body);
   std::error_code subscribe_control(table_state& t);
+  // The hooks name the table with SQLite's own (stable) string: remember the last one.
+  const char* last_name = nullptr;
+  table_state* last_table = nullptr;
+  table_state* lookup_table(const char* ztab) {
+    if (ztab == last_name && last_table && last_table->table == ztab) return last_table;
+    auto it = by_table.find(ztab);
+    table_state* t = it == by_table.end() ? nullptr : it->second;
+    if (t) {
+      last_name = ztab;
+      last_table = t;
+    }
+    return t;
+  }
   bool sink_has_work() {
     std::lock_guard<std::mutex> lk(snk->mu);
     return !snk->done.empty() || !snk->control.empty();
@@ -796,10 +814,12 @@ std::error_code master::impl::register_table(const table_options& o) {
 
   // Table columns and primary key.
   std::vector<column_def> tcols;
+  std::vector<bool> tgenerated;
   std::vector<std::pair<int, int>> pk_order;  // (pk position, table column)
   {
     stmt q;
-    if (q.prepare(db, "SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid"))
+    // table_xinfo: column indices as the pre-update hook counts them (generated included).
+    if (q.prepare(db, "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid"))
       return sql_fail("table_info");
     sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
     while (sqlite3_step(q.get()) == SQLITE_ROW) {
@@ -808,6 +828,8 @@ std::error_code master::impl::register_table(const table_options& o) {
       const unsigned char* ty = sqlite3_column_text(q.get(), 1);
       c.decl_type = ty ? reinterpret_cast<const char*>(ty) : "";
       int pk = sqlite3_column_int(q.get(), 2);
+      int hidden = sqlite3_column_int(q.get(), 3);
+      tgenerated.push_back(hidden == 2 || hidden == 3);
       if (pk > 0) pk_order.emplace_back(pk, static_cast<int>(tcols.size()));
       tcols.push_back(std::move(c));
     }
@@ -926,25 +948,17 @@ std::error_code master::impl::register_table(const table_options& o) {
   }
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
   // Old values of every stream column (table columns) detect no-op changes (SET x = x, changes
-  // undone by ROLLBACK TO) and give tracked previous values.
-  if (o.serializer_sql.empty())
-    t->compare_table_cols = t->sel_table_cols;
-  else
-    for (auto& tr : t->tracked) t->compare_table_cols.push_back(tr.second);
-#endif
-#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  {
-    // Generated columns are computed after the hook: their final values need a read.
-    bool generated = false;
-    stmt q;
-    if (q.prepare(db, "SELECT count(*) FROM pragma_table_xinfo(?1) WHERE hidden IN (2, 3)") == 0) {
-      sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
-      generated = sqlite3_step(q.get()) != SQLITE_ROW || sqlite3_column_int(q.get(), 0) != 0;
-    } else {
-      generated = true;
-    }
-    t->cache_final = o.serializer_sql.empty() && !generated;
+  // undone by ROLLBACK TO) and give tracked previous values. Generated columns are computed
+  // after the hook: a table with any re-reads final values and skips old-value comparisons.
+  bool generated = false;
+  for (bool g : tgenerated) generated = generated || g;
+  if (!generated) {
+    if (o.serializer_sql.empty())
+      t->compare_table_cols = t->sel_table_cols;
+    else
+      for (auto& tr : t->tracked) t->compare_table_cols.push_back(tr.second);
   }
+  t->cache_final = o.serializer_sql.empty() && !generated;
 #endif
   // Final-state read: stream columns (or the compare columns when serialized by SQL).
   {

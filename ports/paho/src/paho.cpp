@@ -147,6 +147,7 @@ struct paho_transport::impl {
   std::vector<subscription> subs;
   std::string last_error;
   std::atomic<bool> tls_error{false};
+  std::atomic<bool> first_connect{false};
   std::atomic<std::thread::id> callback_thread{};
 
   std::atomic<std::uint64_t> published{0}, publish_failures{0}, received{0}, unrouted{0},
@@ -227,6 +228,10 @@ struct paho_transport::impl {
 
   void on_connected() {
     connects.fetch_add(1, std::memory_order_relaxed);
+    // start() subscribes itself after the first CONNACK and waits for the SUBACKs; subscribing
+    // from this handler during the first connect was seen to leave a client without its
+    // subscriptions (mosquitto 2.0.11, Paho C 1.3.11).
+    if (first_connect.load()) return;
     std::vector<std::string> filters;
     {
       std::lock_guard<std::mutex> lock(mutex);
@@ -340,15 +345,39 @@ std::error_code paho_transport::start() {
       raw->set_error("connection lost: " + cause);
     });
     std::atomic_store(&m.client, cli);
+    m.first_connect.store(true);
     auto tok = cli->connect(m.make_connect_options());
-    if (!tok->wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(
-            m.cfg.connect_timeout + std::chrono::seconds(2)))) {
+    const bool answered = tok->wait_for(std::chrono::duration_cast<std::chrono::milliseconds>(
+        m.cfg.connect_timeout + std::chrono::seconds(2)));
+    m.first_connect.store(false);
+    if (!answered) {
       m.set_error("connect timed out");
       return errc::timeout;
     }
     // wait_for throws on failure; reaching here means CONNACK accepted.
+    std::vector<std::string> filters;
+    {
+      std::lock_guard<std::mutex> lock(m.mutex);
+      for (const auto& s : m.subs) filters.push_back(s.filter);
+    }
+    const auto limit = std::chrono::duration_cast<std::chrono::milliseconds>(m.cfg.connect_timeout);
+    for (const auto& f : filters) {
+      auto sub = cli->subscribe(f, 1);
+      if (!sub->wait_for(limit)) {
+        m.set_error("subscribe " + f + ": no SUBACK");
+        return errc::timeout;
+      }
+      const auto response = sub->get_subscribe_response();
+      for (auto c : response.get_reason_codes()) {
+        if (c >= 0x80) {
+          m.set_error("subscribe " + f + ": refused by the broker");
+          return errc::subscribe_failed;
+        }
+      }
+    }
     return {};
   } catch (const mqtt::exception& e) {
+    m.first_connect.store(false);
     m.set_error(std::string("connect: ") + e.what());
     return map_connect_failure(e.get_return_code(), e.get_reason_code(), m.tls,
                                m.tls_error.load());

@@ -83,8 +83,10 @@ class paho_transport final : public transport {
   paho_transport(const paho_transport&) = delete;
   paho_transport& operator=(const paho_transport&) = delete;
 
-  // Connects and waits up to connect_timeout for the broker's CONNACK. Calling it while
-  // started returns an empty error_code. After a failure it may be called again.
+  // Connects and waits up to connect_timeout for the broker's CONNACK, then subscribes every
+  // filter registered so far and waits for the SUBACKs (errc::subscribe_failed when one is
+  // refused). Calling it while started returns an empty error_code. After a failure it may be
+  // called again.
   std::error_code start();
   // Disconnects (waits up to 1 s for a clean DISCONNECT) and fails unacknowledged publishes.
   // The object can be start()ed again. Must not be called from a transport callback.
