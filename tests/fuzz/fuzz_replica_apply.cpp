@@ -35,7 +35,7 @@ struct state {
   edgecqrs::fake_clock clk;
   std::unique_ptr<edgecqrs::replica> r;
   edgecqrs::schema sch;
-  std::int64_t probe = 1000000;
+  std::int64_t probes = 0;
 
   state() {
     if (sqlite3_open(":memory:", &db) != SQLITE_OK) std::abort();
@@ -77,9 +77,10 @@ struct state {
     m.schema_tag = sch.schema_tag;
     edgecqrs::event e;
     e.kind = edgecqrs::event_kind::sync;
-    e.row_version = 1;
+    // 1000 keys cycled with rising versions: the database stays bounded over long runs.
+    e.row_version = static_cast<std::uint64_t>(++probes);
     e.updated_ms = 1763800000000;
-    const std::int64_t id = probe++;
+    const std::int64_t id = 1000000 + probes % 1000;
     e.values = {edgecqrs::value::integer(id), edgecqrs::value::text("p"),
                 edgecqrs::value::integer(1)};
     m.events.push_back(e);

@@ -241,7 +241,7 @@ TEST_CASE("hostile input table: each attack has its outcome and leaves the datab
   }
 }
 
-TEST_CASE("hostile versions: 2^63-1 applies and is never overwritten by an older one; "
+TEST_CASE("hostile versions: 2^63-1 applies and is never overwritten by an older one, "
           "versions beyond 2^63-1 do not wrap into old ones") {
   fixture f;
   const auto maxv = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
