@@ -37,7 +37,8 @@ class reader {
 
   void only_keys(const toml::table& t, const std::string& path, std::initializer_list<const char*> allowed) const {
     for (auto&& [k, v] : t) {
-      bool ok = std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return k.str() == a; });
+      const auto key = k.str();  // C++17: a structured binding cannot be captured (clang)
+      bool ok = std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; });
       if (!ok) {
         std::string all;
         for (const char* a : allowed) all += std::string(all.empty() ? "" : ", ") + a;

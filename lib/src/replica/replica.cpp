@@ -1019,11 +1019,22 @@ struct replica::impl {
                                  "expired " + std::to_string(now() - m.expires_ms) +
                                      " ms before arrival",
                                  data, size, mo.dead_letter_id, &s, &p);
+    // Sequences are stored as SQLite INTEGER (signed): the last event's seq must neither wrap
+    // nor pass 2^63-1.
+    if (m.first_seq != 0 && n != 0 &&
+        (m.first_seq > static_cast<std::uint64_t>(INT64_MAX) ||
+         n - 1 > static_cast<std::uint64_t>(INT64_MAX) - m.first_seq))
+      return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::integer_out_of_range),
+                                 "stream sequence out of range (wraps or exceeds 2^63-1)", data,
+                                 size, mo.dead_letter_id, &s, &p);
     const std::size_t ncols = pl->sch.columns.size(), npk = pl->sch.pk.size();
     for (std::size_t i = 0; i < n; ++i) {
       const event& ev = m.events[i];
       std::size_t want = ev.kind == event_kind::remove ? npk : ncols;
+      // Versions are stored as SQLite INTEGER (signed): above 2^63-1 one would read back as
+      // negative and let an older version overwrite it.
       bool ok = ev.values.size() == want && ev.row_version > 0 &&
+                ev.row_version <= static_cast<std::uint64_t>(INT64_MAX) &&
                 (ev.kind == event_kind::sync) == (m.first_seq == 0);
       for (const auto& pv : ev.previous) ok = ok && pv.column < ncols;
       if (!ok)
