@@ -120,10 +120,13 @@ class master {
   // Attaches to an open connection (not owned; it must outlive the master and stay in the same
   // database). Creates the edgecqrs_* tables and the incarnation on first use. `tx` (not owned,
   // may be null: nothing is published until set_transport) and `clk` must outlive the master.
+  // Durability follows the connection's PRAGMA synchronous: FULL (or EXTRA) for a commit that
+  // survives a power cut; with NORMAL a cut may undo the last commits, but never one that was
+  // published (the master syncs the outbox before publishing, docs/capture.md).
   static std::error_code attach(sqlite3* db, const master_config& cfg, transport* tx,
                                 std::unique_ptr<master>& out, clock& clk = system_clock());
-  // Opens (creating) a database file, WAL mode, synchronous=NORMAL, then attaches; the master
-  // owns the connection.
+  // Opens (creating) a database file, WAL mode, synchronous=FULL (commits survive power loss),
+  // then attaches; the master owns the connection.
   static std::error_code open(const std::string& path, const master_config& cfg, transport* tx,
                               std::unique_ptr<master>& out, clock& clk = system_clock());
   ~master();  // stops the background thread, removes hooks, closes an owned connection

@@ -184,7 +184,7 @@ struct master::impl {
   std::thread::id txn_owner;
 
   stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
-      st_version_get;
+      st_version_get, st_outbox_top;
   std::vector<std::uint8_t> evbuf, grpbuf, msgbuf;
 
   // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
@@ -221,6 +221,7 @@ struct master::impl {
   std::uint64_t next_msg_no = 1;
   std::int64_t backoff_until = 0;
   int consecutive_failures = 0;
+  std::int64_t durable_upto = 0;  // outbox ids at or below it are known to be on disk
   std::shared_ptr<sink> snk = std::make_shared<sink>();
 
   mutable std::mutex stats_mu;
@@ -279,7 +280,8 @@ struct master::impl {
         st_pending.prepare(db,
                            "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
                            "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
-        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"))
+        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0") ||
+        st_outbox_top.prepare(db, "SELECT max(id) FROM edgecqrs_outbox"))
       return sql_fail("prepare");
     stmt q;
     if (q.prepare(db,
@@ -703,6 +705,7 @@ struct master::impl {
   std::error_code handle_completions();
   std::error_code prune();
   std::error_code publish_pending();
+  std::error_code make_outbox_durable();
   void heartbeats();
   std::error_code handle_control(const std::string& cqrs_id, const control_request& c);
   std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
@@ -1557,10 +1560,38 @@ std::error_code master::impl::prune() {
   return {};
 }
 
+// Nothing leaves the device before it is on disk. In WAL mode with synchronous=NORMAL (or OFF)
+// a commit reaches the WAL file but is synced only at the next checkpoint: a power cut may undo
+// it. Were it published first, a replica would keep a change the master no longer has, and the
+// master would give the undone sequence numbers to new events, which the replica would skip as
+// duplicates. So before publishing, one sync of the WAL makes every committed record durable
+// (group commit: one fdatasync per publish round, not per transaction). In rollback-journal
+// modes a commit is synced unless synchronous=OFF (docs/capture.md).
+std::error_code master::impl::make_outbox_durable() {
+  sqlite3_stmt* s = st_outbox_top.get();
+  reset_guard g{s};
+  int rc = sqlite3_step(s);
+  if (rc != SQLITE_ROW) return sql_fail("outbox top");
+  std::int64_t top = sqlite3_column_int64(s, 0);
+  if (top <= durable_upto) return {};
+  sqlite3_file* wal = nullptr;
+  if (sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) == SQLITE_OK && wal &&
+      wal->pMethods) {
+    rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
+    if (rc != SQLITE_OK) {
+      last_error = "outbox sync before publishing failed: " + std::string(sqlite3_errstr(rc));
+      return make_error_code(errc::sqlite_error);
+    }
+  }
+  durable_upto = top;
+  return {};
+}
+
 std::error_code master::impl::publish_pending() {
   if (!tx || !tx->connected()) return {};
   std::int64_t now = clk->steady_ms();
   if (now < backoff_until) return {};
+  if (auto ec = make_outbox_durable()) return ec;
   std::size_t window = std::min<std::size_t>({cfg.window, tx->max_in_flight(), 90});
   if (window == 0) window = 1;
   while (inflight.size() < window) {
@@ -1857,7 +1888,8 @@ std::error_code master::open(const std::string& path, const master_config& cfg, 
     return make_error_code(errc::sqlite_error);
   }
   sqlite3_busy_timeout(db, 5000);
-  sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
+  // FULL: a commit that returned survives a power cut (NORMAL would sync only at checkpoints).
+  sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON",
                nullptr, nullptr, nullptr);
   std::error_code ec = attach(db, cfg, tx, out, clk);
   if (ec) {
