@@ -60,7 +60,16 @@ bool ieq(std::string_view a, std::string_view b) {
   return true;
 }
 
-bool same_value(const value& a, const value_view& b) { return a == value::from(b); }
+// Exact equality, as `value`'s: REALs by bit pattern, TEXT never equals BLOB.
+bool same_value(const value_view& a, const value_view& b) {
+  if (a.type != b.type) return false;
+  switch (a.type) {
+    case value_type::null: return true;
+    case value_type::integer: return a.i == b.i;
+    case value_type::real: return std::memcmp(&a.d, &b.d, sizeof(double)) == 0;
+    default: return a.size == b.size && (a.size == 0 || std::memcmp(a.data, b.data, a.size) == 0);
+  }
+}
 
 // Appends an encoded item produced by `enc(buf, cap, written)`, growing the buffer as needed.
 template <class F>
@@ -102,6 +111,7 @@ struct master::impl {
     std::vector<bool> real_affinity;          // per table column
     std::vector<int> sel_table_cols;          // table column index per stream column (no SQL)
     std::vector<int> pk_table_cols;           // table column index per pk column
+    std::vector<int> pk_sel_pos;              // per pk column: its index in sel_table_cols or -1
     std::vector<std::pair<std::uint32_t, int>> tracked;  // (stream column, table column)
     std::vector<int> compare_table_cols;      // table columns compared to detect no-op changes
     std::function<bool(const row_ref&)> filter;
@@ -118,17 +128,20 @@ struct master::impl {
     std::string event_topic, schema_topic, control_topic;
   };
 
+  // Values captured during a transaction live in a per-transaction arena (`cells`, whose
+  // TEXT/BLOB cells point by offset into `cell_bytes`): no allocation per row or per value once
+  // the arena has grown, cleared (not freed) between transactions.
   struct dirty_row {
     table_state* t = nullptr;
     std::string key;                 // encoded pk values
-    std::vector<value> pk;
+    std::uint32_t pk_at = 0;         // npk cells: the pk values
     bool existed_before = false;
     bool have_old = false;
-    std::vector<value> old;          // compare_table_cols values before the first change
+    std::uint32_t old_at = 0;        // compare_table_cols cells before the first change
     // Final state as last seen by the pre-update hook: 0 unknown (read the row at commit),
-    // 1 present with `fin` (stream columns), 2 deleted.
+    // 1 present with the stream columns' cells at `fin_at`, 2 deleted.
     int final_state = 0;
-    std::vector<value> fin;
+    std::uint32_t fin_at = 0;
   };
 
   struct inflight_msg {
@@ -172,6 +185,31 @@ struct master::impl {
   std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
   std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
   std::vector<value_view> vals_scratch;
+  std::vector<value_view> cells;          // capture arena (see dirty_row)
+  std::vector<std::uint8_t> cell_bytes;   // TEXT/BLOB bytes of `cells`
+  std::vector<value_view> hook_new, hook_old;  // pre-update hook scratch
+  bool db_utf8 = true;                    // TEXT is stored as UTF-8 (read without conversion)
+  // Appends a copy of `v` to the arena; returns its cell index.
+  std::uint32_t put_cell(const value_view& v) {
+    value_view c = v;
+    if (v.type == value_type::text || v.type == value_type::blob) {
+      std::size_t off = cell_bytes.size();
+      if (v.size) {
+        cell_bytes.resize(off + v.size);
+        std::memcpy(cell_bytes.data() + off, v.data, v.size);
+      }
+      c.data = reinterpret_cast<const void*>(static_cast<std::uintptr_t>(off));
+    }
+    cells.push_back(c);
+    return static_cast<std::uint32_t>(cells.size() - 1);
+  }
+  // The value of cell `k` (TEXT/BLOB bytes valid until the arena grows or is cleared).
+  value_view cell(std::size_t k) const {
+    value_view c = cells[k];
+    if (c.type == value_type::text || c.type == value_type::blob)
+      c.data = cell_bytes.data() + reinterpret_cast<std::uintptr_t>(c.data);
+    return c;
+  }
   std::size_t n_dirty = 0;  // entries of `dirty` in use
   bool internal_write = false;  // the library's own statements: not captured, not refused
   bool committing = false;
@@ -306,6 +344,15 @@ struct master::impl {
         bloom_add(sqlite3_column_int64(vq.get(), 0), k);
       }
     }
+    {
+      stmt eq;
+      if (eq.prepare(db, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
+        const unsigned char* e = sqlite3_column_text(eq.get(), 0);
+        db_utf8 = e && std::strcmp(reinterpret_cast<const char*>(e), "UTF-8") == 0;
+      } else {
+        db_utf8 = false;
+      }
+    }
     snk->max_control = cfg.max_pending_control;
     install_hooks();
     update_stats();
@@ -365,11 +412,30 @@ struct master::impl {
 
   // A value seen by the pre-update hook, as a read would return it: SQLite stores
   // integer-valued REALs of REAL-affinity columns as integers and converts them on read only.
-  static value_view hook_view(const table_state& t, int col, sqlite3_value* v) {
-    value_view x = detail::sqlite_value_view(v);
-    if (x.type == value_type::integer && t.real_affinity[static_cast<std::size_t>(col)])
-      return value_view::real(static_cast<double>(x.i));
-    return x;
+  // TEXT is read with sqlite3_value_blob when the database is UTF-8: the same bytes, without
+  // the NUL-terminated copy (a malloc and a free per value) that sqlite3_value_text makes of a
+  // record's unterminated text.
+  value_view hook_view(const table_state& t, int col, sqlite3_value* v) const {
+    if (!v) return value_view::null();
+    switch (sqlite3_value_type(v)) {
+      case SQLITE_INTEGER: {
+        std::int64_t i = sqlite3_value_int64(v);
+        if (t.real_affinity[static_cast<std::size_t>(col)])
+          return value_view::real(static_cast<double>(i));
+        return value_view::integer(i);
+      }
+      case SQLITE_FLOAT: return value_view::real(sqlite3_value_double(v));
+      case SQLITE_TEXT: {
+        const void* p = db_utf8 ? sqlite3_value_blob(v) : sqlite3_value_text(v);
+        auto n = static_cast<std::size_t>(sqlite3_value_bytes(v));
+        return value_view::text(std::string_view(static_cast<const char*>(p), n));
+      }
+      case SQLITE_BLOB: {
+        const void* p = sqlite3_value_blob(v);
+        return value_view::blob(p, static_cast<std::size_t>(sqlite3_value_bytes(v)));
+      }
+      default: return value_view::null();
+    }
   }
 
   // Records a change of one key; first-change information wins within the transaction.
@@ -410,11 +476,9 @@ struct master::impl {
     d.key.swap(key);
     d.existed_before = existed_before;
     d.have_old = false;
-    d.old.clear();
     d.final_state = 0;
-    d.fin.clear();
-    d.pk.resize(t->pk_table_cols.size());
-    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk[i] = value::from(pk[i]);
+    d.pk_at = static_cast<std::uint32_t>(cells.size());
+    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) put_cell(pk[i]);
     fresh = true;
     return &d;
   }
@@ -428,27 +492,28 @@ struct master::impl {
     dirty_overflow = false;
     rollback_to_seen = false;
     cached_bytes = 0;
+    // Keep the arena's capacity for the next transaction, unless a big one grew it.
+    if (cells.capacity() > (16u << 10)) std::vector<value_view>().swap(cells);
+    else cells.clear();
+    if (cell_bytes.capacity() > (256u << 10)) std::vector<std::uint8_t>().swap(cell_bytes);
+    else cell_bytes.clear();
   }
 
   // The final values come from the hook when safe, which saves re-reading each row at commit.
   // Not when ROLLBACK TO undid changes without telling the hooks, for tables serialized by SQL
   // or with generated columns, or beyond a memory budget.
   static constexpr std::size_t max_cached_bytes = 8u << 20;
-  void set_final_absent(dirty_row& d) {
-    if (d.final_state == 1) d.fin.clear();
-    d.final_state = d.t->cache_final ? 2 : 0;
-  }
+  void set_final_absent(dirty_row& d) { d.final_state = d.t->cache_final ? 2 : 0; }
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  void set_final_present(dirty_row& d, sqlite3* conn) {
+  // `fin`: the stream columns' new values read by the hook (nullptr: not read, re-read at commit).
+  void set_final_present(dirty_row& d, const value_view* fin) {
     d.final_state = 0;
-    if (!d.t->cache_final || cached_bytes > max_cached_bytes) return;
-    d.fin.resize(d.t->sel_table_cols.size());
-    for (std::size_t i = 0; i < d.t->sel_table_cols.size(); ++i) {
-      sqlite3_value* v = nullptr;
-      if (sqlite3_preupdate_new(conn, d.t->sel_table_cols[i], &v) != SQLITE_OK) return;
-      value_view vv = hook_view(*d.t, d.t->sel_table_cols[i], v);
-      cached_bytes += vv.size + sizeof(value);
-      d.fin[i] = value::from(vv);
+    if (!fin) return;
+    std::size_t n = d.t->sel_table_cols.size();
+    d.fin_at = static_cast<std::uint32_t>(cells.size());
+    for (std::size_t i = 0; i < n; ++i) {
+      cached_bytes += fin[i].size + sizeof(value_view);
+      put_cell(fin[i]);
     }
     d.final_state = 1;
   }
@@ -479,45 +544,53 @@ struct master::impl {
     table_state* t = m->lookup_table(ztab);
     if (!t || !t->produce) return;
     std::size_t npk = t->pk_table_cols.size();
-    value_view oldk[16], newk[16];
-    std::vector<value_view> big_old, big_new;
-    value_view* ok = oldk;
-    value_view* nk = newk;
-    if (npk > 16) {
-      big_old.resize(npk);
-      big_new.resize(npk);
-      ok = big_old.data();
-      nk = big_new.data();
-    }
-    dirty_row* old_row = nullptr;
     bool fresh = false;
     if (op == SQLITE_DELETE || op == SQLITE_UPDATE) {
+      std::vector<value_view>& ok = m->hook_old;
+      ok.resize(npk);
       for (std::size_t i = 0; i < npk; ++i) {
         sqlite3_value* v = nullptr;
         sqlite3_preupdate_old(db, t->pk_table_cols[i], &v);
-        ok[i] = hook_view(*t, t->pk_table_cols[i], v);
+        ok[i] = m->hook_view(*t, t->pk_table_cols[i], v);
       }
-      old_row = m->touch(t, ok, true, fresh);
+      dirty_row* old_row = m->touch(t, ok.data(), true, fresh);
       if (old_row && fresh && !t->compare_table_cols.empty()) {
         old_row->have_old = true;
-        old_row->old.reserve(t->compare_table_cols.size());
+        old_row->old_at = static_cast<std::uint32_t>(m->cells.size());
         for (int c : t->compare_table_cols) {
           sqlite3_value* v = nullptr;
           sqlite3_preupdate_old(db, c, &v);
-          old_row->old.push_back(value::from(hook_view(*t, c, v)));
+          m->put_cell(m->hook_view(*t, c, v));
         }
       }
       // Gone unless the same key comes back below (UPDATE keeping its key).
       if (old_row) m->set_final_absent(*old_row);
     }
     if (op == SQLITE_INSERT || op == SQLITE_UPDATE) {
+      // New values of the stream columns first (when they may be kept), then the key, taken
+      // from them when the pk columns are among the stream columns.
+      std::size_t nsel = t->sel_table_cols.size();
+      std::vector<value_view>& nv = m->hook_new;
+      nv.resize(nsel + npk);
+      bool have_fin = t->cache_final && m->cached_bytes <= max_cached_bytes;
+      for (std::size_t i = 0; have_fin && i < nsel; ++i) {
+        sqlite3_value* v = nullptr;
+        if (sqlite3_preupdate_new(db, t->sel_table_cols[i], &v) != SQLITE_OK) have_fin = false;
+        else nv[i] = m->hook_view(*t, t->sel_table_cols[i], v);
+      }
+      value_view* nk = nv.data() + nsel;
       for (std::size_t i = 0; i < npk; ++i) {
+        int at = t->pk_sel_pos[i];
+        if (have_fin && at >= 0) {
+          nk[i] = nv[static_cast<std::size_t>(at)];
+          continue;
+        }
         sqlite3_value* v = nullptr;
         sqlite3_preupdate_new(db, t->pk_table_cols[i], &v);
-        nk[i] = hook_view(*t, t->pk_table_cols[i], v);
+        nk[i] = m->hook_view(*t, t->pk_table_cols[i], v);
       }
       dirty_row* new_row = m->touch(t, nk, false, fresh);
-      if (new_row) m->set_final_present(*new_row, db);
+      if (new_row) m->set_final_present(*new_row, have_fin ? nv.data() : nullptr);
     }
   }
 #else
@@ -917,6 +990,12 @@ std::error_code master::impl::register_table(const table_options& o) {
     }
   }
   for (int pkc : t->pk_table_cols) {
+    int at = -1;
+    for (std::size_t i = 0; i < t->sel_table_cols.size(); ++i)
+      if (t->sel_table_cols[i] == pkc) at = static_cast<int>(i);
+    t->pk_sel_pos.push_back(at);
+  }
+  for (int pkc : t->pk_table_cols) {
     bool found = false;
     for (std::size_t i = 0; i < t->sch.columns.size(); ++i) {
       if (ieq(t->sch.columns[i].name, tcols[static_cast<std::size_t>(pkc)].name)) {
@@ -1088,7 +1167,7 @@ std::error_code master::impl::internal_txn(
 std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool& emitted) {
   emitted = false;
   table_state& t = *d.t;
-  std::size_t npk = d.pk.size();
+  std::size_t npk = t.pk_table_cols.size();
   sqlite3_stmt* rf = t.read_final.get();
   reset_guard g{nullptr};
   bool cached = d.final_state != 0 && !rollback_to_seen;
@@ -1097,13 +1176,13 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     rc = d.final_state == 1 ? SQLITE_ROW : SQLITE_DONE;
   } else {
     g.s = rf;
-    for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), d.pk[i].view());
+    for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), cell(d.pk_at + i));
     rc = sqlite3_step(rf);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sql_fail("read row");
   }
   // Column i of the row's stream columns (= compare columns when there is no SQL serializer).
   auto col = [&](int i) {
-    return cached ? d.fin[static_cast<std::size_t>(i)].view() : column_view(rf, i);
+    return cached ? cell(d.fin_at + static_cast<std::size_t>(i)) : column_view(rf, i);
   };
   std::error_code ec;
   if (rc == SQLITE_DONE) {
@@ -1117,7 +1196,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
       big.resize(npk);
       pv = big.data();
     }
-    for (std::size_t i = 0; i < npk; ++i) pv[i] = d.pk[i].view();
+    for (std::size_t i = 0; i < npk; ++i) pv[i] = cell(d.pk_at + i);
     event_view ev;
     ev.kind = event_kind::remove;
     ev.row_version = ver;
@@ -1135,7 +1214,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   if (d.have_old && t.serializer_sql.empty()) {
     bool same = true;
     for (int i = 0; i < ncmp && same; ++i)
-      same = same_value(d.old[static_cast<std::size_t>(i)], col(i));
+      same = same_value(cell(d.old_at + static_cast<std::size_t>(i)), col(i));
     if (same) return {};
   }
   std::size_t ncol = t.sch.columns.size();
@@ -1148,7 +1227,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     g2.s = rc_stmt;
     sqlite3_reset(rc_stmt);
     for (std::size_t i = 0; i < npk; ++i)
-      bind_view(rc_stmt, static_cast<int>(i + 1), d.pk[i].view());
+      bind_view(rc_stmt, static_cast<int>(i + 1), cell(d.pk_at + i));
     int r2 = sqlite3_step(rc_stmt);
     if (r2 == SQLITE_DONE) {
       last_error = "serializer_sql of '" + t.cqrs_id + "' returned no row";
@@ -1181,9 +1260,9 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
       // Position of the tracked column within compare_table_cols.
       for (std::size_t k = 0; k < t.compare_table_cols.size(); ++k) {
         if (t.compare_table_cols[k] != tr.second) continue;
-        if (!same_value(d.old[k], vals[tr.first])) {
+        if (!same_value(cell(d.old_at + k), vals[tr.first])) {
           prev_cols.push_back(tr.first);
-          prev_vals.push_back(d.old[k].view());
+          prev_vals.push_back(cell(d.old_at + k));
         }
         break;
       }
