@@ -10,6 +10,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -72,8 +73,31 @@ bool same_value(const value_view& a, const value_view& b) {
 }
 
 // Appends an encoded item produced by `enc(buf, cap, written)`, growing the buffer as needed.
-template <class F>
-std::error_code append_encoded(std::vector<std::uint8_t>& out, F&& enc) {
+// A std::vector allocator whose resize() leaves new bytes uninitialised: append_encoded grows
+// the buffer by a window then trims it, and zero-filling that window cost more than encoding a
+// small event.
+template <class T>
+struct noinit_allocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = noinit_allocator<U>;
+  };
+  noinit_allocator() = default;
+  template <class U>
+  noinit_allocator(const noinit_allocator<U>&) noexcept {}
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) {
+    ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+  }
+};
+using byte_buffer = std::vector<std::uint8_t, noinit_allocator<std::uint8_t>>;
+
+template <class Buf, class F>
+std::error_code append_encoded(Buf& out, F&& enc) {
   std::size_t len = out.size();
   // Most items are small: try a modest window first (resize zero-fills it).
   std::size_t room = 512;
@@ -185,6 +209,7 @@ struct master::impl {
   std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
   std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
   std::vector<value_view> vals_scratch;
+  std::vector<std::vector<std::size_t>> per_table_scratch;
   std::vector<value_view> cells;          // capture arena (see dirty_row)
   std::vector<std::uint8_t> cell_bytes;   // TEXT/BLOB bytes of `cells`
   std::vector<value_view> hook_new, hook_old;  // pre-update hook scratch
@@ -223,7 +248,19 @@ struct master::impl {
 
   stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
       st_version_get;
-  std::vector<std::uint8_t> evbuf, grpbuf, msgbuf;
+  byte_buffer evbuf;
+  std::vector<std::uint8_t> grpbuf, msgbuf;
+  stmt st_begin, st_commit;  // master::begin / commit: prepared once, not parsed per transaction
+  std::error_code step_ctl(stmt& s, const char* what) {
+    int rc = sqlite3_step(s.get());
+    if (rc != SQLITE_DONE) {
+      last_error = std::string(what) + ": " + sqlite3_errmsg(db);
+      sqlite3_reset(s.get());
+      return make_error_code(errc::sqlite_error);
+    }
+    sqlite3_reset(s.get());
+    return {};
+  }
 
   // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
   // probes). A miss proves a new row has no tombstone, which saves a B-tree probe per insert.
@@ -317,7 +354,8 @@ struct master::impl {
         st_pending.prepare(db,
                            "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
                            "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
-        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"))
+        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0") ||
+        st_begin.prepare(db, "BEGIN IMMEDIATE") || st_commit.prepare(db, "COMMIT"))
       return sql_fail("prepare");
     stmt q;
     if (q.prepare(db,
@@ -520,18 +558,31 @@ struct master::impl {
 #endif
   bool rollback_to_seen = false;
   std::size_t cached_bytes = 0;
+  std::array<std::string, 4> clean_sql;  // statement texts on_trace found without "rollback"
+  std::size_t clean_next = 0;
   static int on_trace(unsigned type, void* ctx, void*, void* x) {
     if (type != SQLITE_TRACE_STMT || !x) return 0;
     // Conservative: any statement mentioning ROLLBACK (even in a comment or a literal) makes
     // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
+    // Runs at the start of every statement (each INSERT of a loop): texts already found clean
+    // are remembered (compared whole, so a new statement at a reused address is rescanned).
+    auto* m = static_cast<impl*>(ctx);
+    const char* sql = static_cast<const char*>(x);
+    for (const std::string& c : m->clean_sql)
+      if (std::strcmp(c.c_str(), sql) == 0) return 0;
     static const char kWord[] = "rollback";
-    for (const char* p = static_cast<const char*>(x); *p; ++p) {
+    std::size_t len = 0;
+    for (const char* p = sql; *p; ++p, ++len) {
       std::size_t i = 0;
       while (kWord[i] && (p[i] | 0x20) == kWord[i]) ++i;
       if (!kWord[i]) {
-        static_cast<impl*>(ctx)->rollback_to_seen = true;
-        break;
+        m->rollback_to_seen = true;
+        return 0;
       }
+    }
+    if (len <= 512) {
+      m->clean_sql[m->clean_next].assign(sql, len);
+      m->clean_next = (m->clean_next + 1) % m->clean_sql.size();
     }
     return 0;
   }
@@ -1219,7 +1270,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   }
   std::size_t ncol = t.sch.columns.size();
   std::vector<value_view>& vals = vals_scratch;
-  vals.assign(ncol, value_view::null());
+  vals.resize(ncol);  // every entry is set below
   sqlite3_stmt* rc_stmt = nullptr;
   reset_guard g2{nullptr};
   if (!t.serializer_sql.empty()) {
@@ -1292,7 +1343,9 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
   if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
   // Stable grouping per table, in order of first change.
-  std::vector<std::vector<std::size_t>> per_table(tables.size());
+  std::vector<std::vector<std::size_t>>& per_table = per_table_scratch;  // kept between commits
+  per_table.resize(tables.size());
+  for (auto& v : per_table) v.clear();
   for (std::size_t i = 0; i < n_dirty; ++i) per_table[dirty[i].t->index].push_back(i);
   for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   for (std::size_t ti = 0; ti < tables.size(); ++ti) {
@@ -1970,7 +2023,7 @@ std::error_code master::begin() {
   std::unique_lock<std::mutex> lk(m.txn_mu);
   if (!sqlite3_get_autocommit(m.db)) return make_error_code(errc::nested_transaction);
   m.clear_dirty();
-  if (auto ec = m.exec("BEGIN IMMEDIATE")) return ec;
+  if (auto ec = m.step_ctl(m.st_begin, "BEGIN IMMEDIATE")) return ec;
   m.txn_lock = std::move(lk);
   m.txn_owner = std::this_thread::get_id();
   m.in_txn = true;
@@ -1998,7 +2051,7 @@ std::error_code master::commit() {
   m.internal_write = false;
   if (!ec) {
     m.committing = true;
-    ec = m.exec("COMMIT");
+    ec = m.step_ctl(m.st_commit, "COMMIT");
     m.committing = false;
   }
   if (ec) {
