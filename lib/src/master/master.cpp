@@ -18,6 +18,7 @@
 #include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/names.hpp"
+#include "master/fast_encode.hpp"
 #include "master/sql.hpp"
 
 namespace edgecqrs {
@@ -73,28 +74,35 @@ bool same_value(const value_view& a, const value_view& b) {
 }
 
 // Appends an encoded item produced by `enc(buf, cap, written)`, growing the buffer as needed.
-// A std::vector allocator whose resize() leaves new bytes uninitialised: append_encoded grows
-// the buffer by a window then trims it, and zero-filling that window cost more than encoding a
-// small event.
-template <class T>
-struct noinit_allocator : std::allocator<T> {
-  template <class U>
-  struct rebind {
-    using other = noinit_allocator<U>;
-  };
-  noinit_allocator() = default;
-  template <class U>
-  noinit_allocator(const noinit_allocator<U>&) noexcept {}
-  template <class U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;
+// A growable byte buffer whose resize() leaves new bytes uninitialised (std::vector zero-fills
+// them, and its resize is out of line): append_encoded and the event encoder grow it by a bound
+// then trim it, once per event.
+class byte_buffer {
+ public:
+  std::uint8_t* data() { return p_.get(); }
+  const std::uint8_t* data() const { return p_.get(); }
+  std::size_t size() const { return n_; }
+  std::size_t capacity() const { return cap_; }
+  bool empty() const { return n_ == 0; }
+  const std::uint8_t* begin() const { return p_.get(); }
+  const std::uint8_t* end() const { return p_.get() + n_; }
+  void clear() { n_ = 0; }
+  void reserve(std::size_t c) {
+    if (c <= cap_) return;
+    std::unique_ptr<std::uint8_t[]> q(new std::uint8_t[c]);
+    if (n_) std::memcpy(q.get(), p_.get(), n_);
+    p_ = std::move(q);
+    cap_ = c;
   }
-  template <class U, class... A>
-  void construct(U* p, A&&... a) {
-    ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+  void resize(std::size_t n) {
+    if (n > cap_) reserve(std::max(n, cap_ * 2));
+    n_ = n;
   }
+
+ private:
+  std::unique_ptr<std::uint8_t[]> p_;
+  std::size_t n_ = 0, cap_ = 0;
 };
-using byte_buffer = std::vector<std::uint8_t, noinit_allocator<std::uint8_t>>;
 
 template <class Buf, class F>
 std::error_code append_encoded(Buf& out, F&& enc) {
@@ -157,7 +165,8 @@ struct master::impl {
   // the arena has grown, cleared (not freed) between transactions.
   struct dirty_row {
     table_state* t = nullptr;
-    std::string key;                 // encoded pk values
+    std::size_t key_off = 0;         // encoded pk values: bytes in cell_bytes
+    std::uint32_t key_len = 0;
     std::uint32_t pk_at = 0;         // npk cells: the pk values
     bool existed_before = false;
     bool have_old = false;
@@ -210,6 +219,8 @@ struct master::impl {
   std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
   std::vector<value_view> vals_scratch;
   std::vector<std::vector<std::size_t>> per_table_scratch;
+  std::vector<std::uint32_t> prev_cols_scratch;
+  std::vector<value_view> prev_vals_scratch;
   std::vector<value_view> cells;          // capture arena (see dirty_row)
   std::vector<std::uint8_t> cell_bytes;   // TEXT/BLOB bytes of `cells`
   std::vector<value_view> hook_new, hook_old;  // pre-update hook scratch
@@ -227,6 +238,10 @@ struct master::impl {
     }
     cells.push_back(c);
     return static_cast<std::uint32_t>(cells.size() - 1);
+  }
+  std::string key_scratch;
+  std::string_view key_of(const dirty_row& d) const {
+    return {reinterpret_cast<const char*>(cell_bytes.data()) + d.key_off, d.key_len};
   }
   // The value of cell `k` (TEXT/BLOB bytes valid until the arena grows or is cleared).
   value_view cell(std::size_t k) const {
@@ -265,19 +280,19 @@ struct master::impl {
   // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
   // probes). A miss proves a new row has no tombstone, which saves a B-tree probe per insert.
   std::vector<std::uint64_t> bloom = std::vector<std::uint64_t>(1u << 14);
-  static std::uint64_t key_hash(std::int64_t stream, const std::string& key) {
+  static std::uint64_t key_hash(std::int64_t stream, std::string_view key) {
     std::uint64_t h = 1469598103934665603ULL ^ static_cast<std::uint64_t>(stream);
     for (unsigned char c : key) h = (h ^ c) * 1099511628211ULL;
     return h ^ (h >> 29);
   }
-  void bloom_add(std::int64_t stream, const std::string& key) {
+  void bloom_add(std::int64_t stream, std::string_view key) {
     std::uint64_t h = key_hash(stream, key);
     for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
       std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
       bloom[bit / 64] |= 1ULL << (bit % 64);
     }
   }
-  bool bloom_may_have(std::int64_t stream, const std::string& key) const {
+  bool bloom_may_have(std::int64_t stream, std::string_view key) const {
     std::uint64_t h = key_hash(stream, key);
     for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
       std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
@@ -426,6 +441,11 @@ struct master::impl {
   // ---------- capture ----------
   std::string encode_key(const value_view* pk, std::size_t n) {
     std::string key;
+    encode_key_into(pk, n, key);
+    return key;
+  }
+  // Appends the key of pk values `pk` to `key`.
+  void encode_key_into(const value_view* pk, std::size_t n, std::string& key) {
     std::uint8_t tmp[16];
     for (std::size_t i = 0; i < n; ++i) {
       std::size_t w = 0;
@@ -442,10 +462,14 @@ struct master::impl {
         key.append(static_cast<const char*>(pk[i].data), pk[i].size);
         continue;
       }
-      if (encode_value(pk[i], tmp, sizeof tmp, w)) w = 0;
+      // The bytes encode_value gives (inline: this runs for every captured change).
+      detail::cbor_writer cw(tmp, sizeof tmp);
+      if (pk[i].type == value_type::integer) cw.sint(pk[i].i);
+      else if (pk[i].type == value_type::real) cw.real(pk[i].d);
+      else cw.null();
+      w = cw.overflow() ? 0 : cw.size();
       key.append(reinterpret_cast<const char*>(tmp), w);
     }
-    return key;
   }
 
   // A value seen by the pre-update hook, as a read would return it: SQLite stores
@@ -480,13 +504,16 @@ struct master::impl {
   // Returns the row's entry (nullptr when the dirty set is full); `fresh` when just created.
   dirty_row* touch(table_state* t, const value_view* pk, bool existed_before, bool& fresh) {
     fresh = false;
-    std::string key = encode_key(pk, t->pk_table_cols.size());
+    std::string& key = key_scratch;
+    key.clear();
+    encode_key_into(pk, t->pk_table_cols.size(), key);
     std::uint64_t h = key_hash(static_cast<std::int64_t>(t->index), key);
     std::size_t mask = dirty_slots.size() - 1;
     std::size_t pos = static_cast<std::size_t>(h) & mask;
     while (std::uint32_t slot = dirty_slots[pos]) {
       dirty_row& e = dirty[slot - 1];
-      if (dirty_hashes[slot - 1] == h && e.t == t && e.key == key) return &e;
+      if (dirty_hashes[slot - 1] == h && e.t == t && key_of(e) == std::string_view(key))
+        return &e;
       pos = (pos + 1) & mask;
     }
     if (n_dirty >= cfg.max_rows_per_transaction) {
@@ -511,7 +538,9 @@ struct master::impl {
     if (n_dirty == dirty.size()) dirty.emplace_back();
     dirty_row& d = dirty[n_dirty++];
     d.t = t;
-    d.key.swap(key);
+    d.key_off = cell_bytes.size();
+    d.key_len = static_cast<std::uint32_t>(key.size());
+    cell_bytes.insert(cell_bytes.end(), key.begin(), key.end());
     d.existed_before = existed_before;
     d.have_old = false;
     d.final_state = 0;
@@ -729,7 +758,7 @@ struct master::impl {
   // per RETURNING step, which dominated the capture profile). A row without an entry is at
   // version 1 (rows inserted once and never changed, the common case, cost no version write);
   // a row that was never there (existed_before false) and has no entry becomes version 1.
-  std::uint64_t bump_version(table_state& t, const std::string& key, std::int64_t now,
+  std::uint64_t bump_version(table_state& t, std::string_view key, std::int64_t now,
                              bool existed_before, std::error_code& ec) {
     std::uint64_t v = 0;
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
@@ -840,7 +869,8 @@ struct master::impl {
   const char* last_name = nullptr;
   table_state* last_table = nullptr;
   table_state* lookup_table(const char* ztab) {
-    if (ztab == last_name && last_table && last_table->table == ztab) return last_table;
+    if (ztab == last_name && last_table && std::strcmp(last_table->table.c_str(), ztab) == 0)
+      return last_table;
     auto it = by_table.find(ztab);
     table_state* t = it == by_table.end() ? nullptr : it->second;
     if (t) {
@@ -1238,7 +1268,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   std::error_code ec;
   if (rc == SQLITE_DONE) {
     if (!d.existed_before) return {};  // inserted and deleted within the transaction
-    std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
+    std::uint64_t ver = bump_version(t, key_of(d), now, d.existed_before, ec);
     if (ec) return ec;
     value_view pkv[16];
     std::vector<value_view> big;
@@ -1248,14 +1278,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
       pv = big.data();
     }
     for (std::size_t i = 0; i < npk; ++i) pv[i] = cell(d.pk_at + i);
-    event_view ev;
-    ev.kind = event_kind::remove;
-    ev.row_version = ver;
-    ev.values = pv;
-    ev.n_values = npk;
-    ec = append_encoded(evbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-      return encode_event(ev, b, c, w);
-    });
+    ec = detail::append_plain_event(evbuf, event_kind::remove, ver, pv, npk);
     emitted = !ec;
     return ec;
   }
@@ -1291,7 +1314,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   }
   row_ref rr{t.sch.columns.data(), vals.data(), ncol};
   // The version counts every committed change, sent or filtered.
-  std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
+  std::uint64_t ver = bump_version(t, key_of(d), now, d.existed_before, ec);
   if (ec) return ec;
   if (t.filter && !t.filter(rr)) return {};
   std::vector<value> owned;
@@ -1304,8 +1327,10 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     }
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
   }
-  std::vector<std::uint32_t> prev_cols;
-  std::vector<value_view> prev_vals;
+  std::vector<std::uint32_t>& prev_cols = prev_cols_scratch;
+  std::vector<value_view>& prev_vals = prev_vals_scratch;
+  prev_cols.clear();
+  prev_vals.clear();
   if (d.have_old && !t.tracked.empty()) {
     for (auto& tr : t.tracked) {
       // Position of the tracked column within compare_table_cols.
@@ -1318,6 +1343,11 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
         break;
       }
     }
+  }
+  if (prev_cols.empty()) {
+    ec = detail::append_plain_event(evbuf, event_kind::save, ver, vals.data(), ncol);
+    emitted = !ec;
+    return ec;
   }
   event_view ev;
   ev.kind = event_kind::save;
