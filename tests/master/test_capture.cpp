@@ -1,7 +1,10 @@
 // Capture correctness: one test per case, each checking the exact events published.
 #include <doctest/doctest.h>
 
+#include <string>
+
 #include "edgecqrs/errors.hpp"
+#include "test_support.hpp"
 #include "master_fixture.hpp"
 
 using namespace edgecqrs;
@@ -548,4 +551,58 @@ TEST_CASE("capture: ROLLBACK TO hidden behind a comment is still seen") {
   auto ev = f.events("r");
   REQUIRE(ev.size() == 1);
   check_event(ev[0], event_kind::save, 1, {I(1), T("a")});
+}
+
+// The hook reads TEXT without sqlite3_value_text's terminated copy when the database is UTF-8,
+// and through sqlite3_value_text (converted to UTF-8) otherwise: both must publish the same
+// UTF-8 values, for stream values, text keys, no-op detection and tracked previous values.
+namespace {
+
+void text_values_case(const char* encoding) {
+  temp_dir dir("text");
+  std::string path = dir.file("t.db");
+  {
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &raw) == SQLITE_OK);
+    std::string pragma = std::string("PRAGMA encoding='") + encoding + "'";
+    REQUIRE(sqlite3_exec(raw, pragma.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(raw,
+                         "CREATE TABLE t(k TEXT PRIMARY KEY, a TEXT, b TEXT) WITHOUT ROWID;",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  {
+    master_fixture f({}, path);
+    table_options o;
+    o.table = "t";
+    o.cqrs_id = "t";
+    o.tracked = {"a"};
+    REQUIRE_FALSE(f.m->register_table(o));
+    const std::string k = "cl\xc3\xa9-\xe2\x82\xac";  // "clé-€"
+    REQUIRE_FALSE(f.txn("INSERT INTO t VALUES('" + k + "', 'caf\xc3\xa9', '')"));
+    // No-op change: same values written back, nothing sent.
+    REQUIRE_FALSE(f.txn("UPDATE t SET a = 'caf\xc3\xa9', b = ''"));
+    REQUIRE_FALSE(f.txn("UPDATE t SET a = '\xf0\x9f\x98\x80 smile' WHERE k = '" + k + "'"));
+    REQUIRE_FALSE(f.txn("DELETE FROM t"));
+    f.drain();
+    auto ev = f.events("t");
+    REQUIRE(ev.size() == 3);
+    check_event(ev[0], event_kind::save, 1, {T(k), T("caf\xc3\xa9"), T("")});
+    check_event(ev[1], event_kind::save, 2, {T(k), T("\xf0\x9f\x98\x80 smile"), T("")});
+    REQUIRE(ev[1].previous.size() == 1);
+    CHECK(ev[1].previous[0].old == T("caf\xc3\xa9"));
+    check_event(ev[2], event_kind::remove, 3, {T(k)});
+  }
+}
+
+}  // namespace
+
+TEST_CASE("capture: TEXT values, keys and previous values in a UTF-8 database") {
+  if (!master::has_preupdate_hook()) return;  // text keys need the pre-update hook
+  text_values_case("UTF-8");
+}
+
+TEST_CASE("capture: TEXT values, keys and previous values in a UTF-16 database") {
+  if (!master::has_preupdate_hook()) return;
+  text_values_case("UTF-16le");
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -17,6 +18,7 @@
 #include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/names.hpp"
+#include "master/fast_encode.hpp"
 #include "master/sql.hpp"
 
 namespace edgecqrs {
@@ -60,11 +62,50 @@ bool ieq(std::string_view a, std::string_view b) {
   return true;
 }
 
-bool same_value(const value& a, const value_view& b) { return a == value::from(b); }
+// Exact equality, as `value`'s: REALs by bit pattern, TEXT never equals BLOB.
+bool same_value(const value_view& a, const value_view& b) {
+  if (a.type != b.type) return false;
+  switch (a.type) {
+    case value_type::null: return true;
+    case value_type::integer: return a.i == b.i;
+    case value_type::real: return std::memcmp(&a.d, &b.d, sizeof(double)) == 0;
+    default: return a.size == b.size && (a.size == 0 || std::memcmp(a.data, b.data, a.size) == 0);
+  }
+}
 
 // Appends an encoded item produced by `enc(buf, cap, written)`, growing the buffer as needed.
-template <class F>
-std::error_code append_encoded(std::vector<std::uint8_t>& out, F&& enc) {
+// A growable byte buffer whose resize() leaves new bytes uninitialised (std::vector zero-fills
+// them, and its resize is out of line): append_encoded and the event encoder grow it by a bound
+// then trim it, once per event.
+class byte_buffer {
+ public:
+  std::uint8_t* data() { return p_.get(); }
+  const std::uint8_t* data() const { return p_.get(); }
+  std::size_t size() const { return n_; }
+  std::size_t capacity() const { return cap_; }
+  bool empty() const { return n_ == 0; }
+  const std::uint8_t* begin() const { return p_.get(); }
+  const std::uint8_t* end() const { return p_.get() + n_; }
+  void clear() { n_ = 0; }
+  void reserve(std::size_t c) {
+    if (c <= cap_) return;
+    std::unique_ptr<std::uint8_t[]> q(new std::uint8_t[c]);
+    if (n_) std::memcpy(q.get(), p_.get(), n_);
+    p_ = std::move(q);
+    cap_ = c;
+  }
+  void resize(std::size_t n) {
+    if (n > cap_) reserve(std::max(n, cap_ * 2));
+    n_ = n;
+  }
+
+ private:
+  std::unique_ptr<std::uint8_t[]> p_;
+  std::size_t n_ = 0, cap_ = 0;
+};
+
+template <class Buf, class F>
+std::error_code append_encoded(Buf& out, F&& enc) {
   std::size_t len = out.size();
   // Most items are small: try a modest window first (resize zero-fills it).
   std::size_t room = 512;
@@ -102,6 +143,7 @@ struct master::impl {
     std::vector<bool> real_affinity;          // per table column
     std::vector<int> sel_table_cols;          // table column index per stream column (no SQL)
     std::vector<int> pk_table_cols;           // table column index per pk column
+    std::vector<int> pk_sel_pos;              // per pk column: its index in sel_table_cols or -1
     std::vector<std::pair<std::uint32_t, int>> tracked;  // (stream column, table column)
     std::vector<int> compare_table_cols;      // table columns compared to detect no-op changes
     std::function<bool(const row_ref&)> filter;
@@ -118,17 +160,21 @@ struct master::impl {
     std::string event_topic, schema_topic, control_topic;
   };
 
+  // Values captured during a transaction live in a per-transaction arena (`cells`, whose
+  // TEXT/BLOB cells point by offset into `cell_bytes`): no allocation per row or per value once
+  // the arena has grown, cleared (not freed) between transactions.
   struct dirty_row {
     table_state* t = nullptr;
-    std::string key;                 // encoded pk values
-    std::vector<value> pk;
+    std::size_t key_off = 0;         // encoded pk values: bytes in cell_bytes
+    std::uint32_t key_len = 0;
+    std::uint32_t pk_at = 0;         // npk cells: the pk values
     bool existed_before = false;
     bool have_old = false;
-    std::vector<value> old;          // compare_table_cols values before the first change
+    std::uint32_t old_at = 0;        // compare_table_cols cells before the first change
     // Final state as last seen by the pre-update hook: 0 unknown (read the row at commit),
-    // 1 present with `fin` (stream columns), 2 deleted.
+    // 1 present with the stream columns' cells at `fin_at`, 2 deleted.
     int final_state = 0;
-    std::vector<value> fin;
+    std::uint32_t fin_at = 0;
   };
 
   struct inflight_msg {
@@ -172,6 +218,38 @@ struct master::impl {
   std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
   std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
   std::vector<value_view> vals_scratch;
+  std::vector<std::vector<std::size_t>> per_table_scratch;
+  std::vector<std::uint32_t> prev_cols_scratch;
+  std::vector<value_view> prev_vals_scratch;
+  std::vector<value_view> cells;          // capture arena (see dirty_row)
+  std::vector<std::uint8_t> cell_bytes;   // TEXT/BLOB bytes of `cells`
+  std::vector<value_view> hook_new, hook_old;  // pre-update hook scratch
+  bool db_utf8 = true;                    // TEXT is stored as UTF-8 (read without conversion)
+  // Appends a copy of `v` to the arena; returns its cell index.
+  std::uint32_t put_cell(const value_view& v) {
+    value_view c = v;
+    if (v.type == value_type::text || v.type == value_type::blob) {
+      std::size_t off = cell_bytes.size();
+      if (v.size) {
+        cell_bytes.resize(off + v.size);
+        std::memcpy(cell_bytes.data() + off, v.data, v.size);
+      }
+      c.data = reinterpret_cast<const void*>(static_cast<std::uintptr_t>(off));
+    }
+    cells.push_back(c);
+    return static_cast<std::uint32_t>(cells.size() - 1);
+  }
+  std::string key_scratch;
+  std::string_view key_of(const dirty_row& d) const {
+    return {reinterpret_cast<const char*>(cell_bytes.data()) + d.key_off, d.key_len};
+  }
+  // The value of cell `k` (TEXT/BLOB bytes valid until the arena grows or is cleared).
+  value_view cell(std::size_t k) const {
+    value_view c = cells[k];
+    if (c.type == value_type::text || c.type == value_type::blob)
+      c.data = cell_bytes.data() + reinterpret_cast<std::uintptr_t>(c.data);
+    return c;
+  }
   std::size_t n_dirty = 0;  // entries of `dirty` in use
   bool internal_write = false;  // the library's own statements: not captured, not refused
   bool committing = false;
@@ -185,24 +263,36 @@ struct master::impl {
 
   stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
       st_version_get, st_outbox_top;
-  std::vector<std::uint8_t> evbuf, grpbuf, msgbuf;
+  byte_buffer evbuf;
+  std::vector<std::uint8_t> grpbuf, msgbuf;
+  stmt st_begin, st_commit;  // master::begin / commit: prepared once, not parsed per transaction
+  std::error_code step_ctl(stmt& s, const char* what) {
+    int rc = sqlite3_step(s.get());
+    if (rc != SQLITE_DONE) {
+      last_error = std::string(what) + ": " + sqlite3_errmsg(db);
+      sqlite3_reset(s.get());
+      return make_error_code(errc::sqlite_error);
+    }
+    sqlite3_reset(s.get());
+    return {};
+  }
 
   // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
   // probes). A miss proves a new row has no tombstone, which saves a B-tree probe per insert.
   std::vector<std::uint64_t> bloom = std::vector<std::uint64_t>(1u << 14);
-  static std::uint64_t key_hash(std::int64_t stream, const std::string& key) {
+  static std::uint64_t key_hash(std::int64_t stream, std::string_view key) {
     std::uint64_t h = 1469598103934665603ULL ^ static_cast<std::uint64_t>(stream);
     for (unsigned char c : key) h = (h ^ c) * 1099511628211ULL;
     return h ^ (h >> 29);
   }
-  void bloom_add(std::int64_t stream, const std::string& key) {
+  void bloom_add(std::int64_t stream, std::string_view key) {
     std::uint64_t h = key_hash(stream, key);
     for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
       std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
       bloom[bit / 64] |= 1ULL << (bit % 64);
     }
   }
-  bool bloom_may_have(std::int64_t stream, const std::string& key) const {
+  bool bloom_may_have(std::int64_t stream, std::string_view key) const {
     std::uint64_t h = key_hash(stream, key);
     for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
       std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
@@ -281,7 +371,8 @@ struct master::impl {
                            "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
                            "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
         st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0") ||
-        st_outbox_top.prepare(db, "SELECT max(id) FROM edgecqrs_outbox"))
+        st_outbox_top.prepare(db, "SELECT max(id) FROM edgecqrs_outbox") ||
+        st_begin.prepare(db, "BEGIN IMMEDIATE") || st_commit.prepare(db, "COMMIT"))
       return sql_fail("prepare");
     stmt q;
     if (q.prepare(db,
@@ -306,6 +397,15 @@ struct master::impl {
         std::string k(static_cast<const char*>(sqlite3_column_blob(vq.get(), 1)),
                       static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1)));
         bloom_add(sqlite3_column_int64(vq.get(), 0), k);
+      }
+    }
+    {
+      stmt eq;
+      if (eq.prepare(db, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
+        const unsigned char* e = sqlite3_column_text(eq.get(), 0);
+        db_utf8 = e && std::strcmp(reinterpret_cast<const char*>(e), "UTF-8") == 0;
+      } else {
+        db_utf8 = false;
       }
     }
     snk->max_control = cfg.max_pending_control;
@@ -343,6 +443,11 @@ struct master::impl {
   // ---------- capture ----------
   std::string encode_key(const value_view* pk, std::size_t n) {
     std::string key;
+    encode_key_into(pk, n, key);
+    return key;
+  }
+  // Appends the key of pk values `pk` to `key`.
+  void encode_key_into(const value_view* pk, std::size_t n, std::string& key) {
     std::uint8_t tmp[16];
     for (std::size_t i = 0; i < n; ++i) {
       std::size_t w = 0;
@@ -359,32 +464,58 @@ struct master::impl {
         key.append(static_cast<const char*>(pk[i].data), pk[i].size);
         continue;
       }
-      if (encode_value(pk[i], tmp, sizeof tmp, w)) w = 0;
+      // The bytes encode_value gives (inline: this runs for every captured change).
+      detail::cbor_writer cw(tmp, sizeof tmp);
+      if (pk[i].type == value_type::integer) cw.sint(pk[i].i);
+      else if (pk[i].type == value_type::real) cw.real(pk[i].d);
+      else cw.null();
+      w = cw.overflow() ? 0 : cw.size();
       key.append(reinterpret_cast<const char*>(tmp), w);
     }
-    return key;
   }
 
   // A value seen by the pre-update hook, as a read would return it: SQLite stores
   // integer-valued REALs of REAL-affinity columns as integers and converts them on read only.
-  static value_view hook_view(const table_state& t, int col, sqlite3_value* v) {
-    value_view x = detail::sqlite_value_view(v);
-    if (x.type == value_type::integer && t.real_affinity[static_cast<std::size_t>(col)])
-      return value_view::real(static_cast<double>(x.i));
-    return x;
+  // TEXT is read with sqlite3_value_blob when the database is UTF-8: the same bytes, without
+  // the NUL-terminated copy (a malloc and a free per value) that sqlite3_value_text makes of a
+  // record's unterminated text.
+  value_view hook_view(const table_state& t, int col, sqlite3_value* v) const {
+    if (!v) return value_view::null();
+    switch (sqlite3_value_type(v)) {
+      case SQLITE_INTEGER: {
+        std::int64_t i = sqlite3_value_int64(v);
+        if (t.real_affinity[static_cast<std::size_t>(col)])
+          return value_view::real(static_cast<double>(i));
+        return value_view::integer(i);
+      }
+      case SQLITE_FLOAT: return value_view::real(sqlite3_value_double(v));
+      case SQLITE_TEXT: {
+        const void* p = db_utf8 ? sqlite3_value_blob(v) : sqlite3_value_text(v);
+        auto n = static_cast<std::size_t>(sqlite3_value_bytes(v));
+        return value_view::text(std::string_view(static_cast<const char*>(p), n));
+      }
+      case SQLITE_BLOB: {
+        const void* p = sqlite3_value_blob(v);
+        return value_view::blob(p, static_cast<std::size_t>(sqlite3_value_bytes(v)));
+      }
+      default: return value_view::null();
+    }
   }
 
   // Records a change of one key; first-change information wins within the transaction.
   // Returns the row's entry (nullptr when the dirty set is full); `fresh` when just created.
   dirty_row* touch(table_state* t, const value_view* pk, bool existed_before, bool& fresh) {
     fresh = false;
-    std::string key = encode_key(pk, t->pk_table_cols.size());
+    std::string& key = key_scratch;
+    key.clear();
+    encode_key_into(pk, t->pk_table_cols.size(), key);
     std::uint64_t h = key_hash(static_cast<std::int64_t>(t->index), key);
     std::size_t mask = dirty_slots.size() - 1;
     std::size_t pos = static_cast<std::size_t>(h) & mask;
     while (std::uint32_t slot = dirty_slots[pos]) {
       dirty_row& e = dirty[slot - 1];
-      if (dirty_hashes[slot - 1] == h && e.t == t && e.key == key) return &e;
+      if (dirty_hashes[slot - 1] == h && e.t == t && key_of(e) == std::string_view(key))
+        return &e;
       pos = (pos + 1) & mask;
     }
     if (n_dirty >= cfg.max_rows_per_transaction) {
@@ -409,14 +540,14 @@ struct master::impl {
     if (n_dirty == dirty.size()) dirty.emplace_back();
     dirty_row& d = dirty[n_dirty++];
     d.t = t;
-    d.key.swap(key);
+    d.key_off = cell_bytes.size();
+    d.key_len = static_cast<std::uint32_t>(key.size());
+    cell_bytes.insert(cell_bytes.end(), key.begin(), key.end());
     d.existed_before = existed_before;
     d.have_old = false;
-    d.old.clear();
     d.final_state = 0;
-    d.fin.clear();
-    d.pk.resize(t->pk_table_cols.size());
-    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) d.pk[i] = value::from(pk[i]);
+    d.pk_at = static_cast<std::uint32_t>(cells.size());
+    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) put_cell(pk[i]);
     fresh = true;
     return &d;
   }
@@ -430,45 +561,59 @@ struct master::impl {
     dirty_overflow = false;
     rollback_to_seen = false;
     cached_bytes = 0;
+    // Keep the arena's capacity for the next transaction, unless a big one grew it.
+    if (cells.capacity() > (16u << 10)) std::vector<value_view>().swap(cells);
+    else cells.clear();
+    if (cell_bytes.capacity() > (256u << 10)) std::vector<std::uint8_t>().swap(cell_bytes);
+    else cell_bytes.clear();
   }
 
   // The final values come from the hook when safe, which saves re-reading each row at commit.
   // Not when ROLLBACK TO undid changes without telling the hooks, for tables serialized by SQL
   // or with generated columns, or beyond a memory budget.
   static constexpr std::size_t max_cached_bytes = 8u << 20;
-  void set_final_absent(dirty_row& d) {
-    if (d.final_state == 1) d.fin.clear();
-    d.final_state = d.t->cache_final ? 2 : 0;
-  }
+  void set_final_absent(dirty_row& d) { d.final_state = d.t->cache_final ? 2 : 0; }
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  void set_final_present(dirty_row& d, sqlite3* conn) {
+  // `fin`: the stream columns' new values read by the hook (nullptr: not read, re-read at commit).
+  void set_final_present(dirty_row& d, const value_view* fin) {
     d.final_state = 0;
-    if (!d.t->cache_final || cached_bytes > max_cached_bytes) return;
-    d.fin.resize(d.t->sel_table_cols.size());
-    for (std::size_t i = 0; i < d.t->sel_table_cols.size(); ++i) {
-      sqlite3_value* v = nullptr;
-      if (sqlite3_preupdate_new(conn, d.t->sel_table_cols[i], &v) != SQLITE_OK) return;
-      value_view vv = hook_view(*d.t, d.t->sel_table_cols[i], v);
-      cached_bytes += vv.size + sizeof(value);
-      d.fin[i] = value::from(vv);
+    if (!fin) return;
+    std::size_t n = d.t->sel_table_cols.size();
+    d.fin_at = static_cast<std::uint32_t>(cells.size());
+    for (std::size_t i = 0; i < n; ++i) {
+      cached_bytes += fin[i].size + sizeof(value_view);
+      put_cell(fin[i]);
     }
     d.final_state = 1;
   }
 #endif
   bool rollback_to_seen = false;
   std::size_t cached_bytes = 0;
+  std::array<std::string, 4> clean_sql;  // statement texts on_trace found without "rollback"
+  std::size_t clean_next = 0;
   static int on_trace(unsigned type, void* ctx, void*, void* x) {
     if (type != SQLITE_TRACE_STMT || !x) return 0;
     // Conservative: any statement mentioning ROLLBACK (even in a comment or a literal) makes
     // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
+    // Runs at the start of every statement (each INSERT of a loop): texts already found clean
+    // are remembered (compared whole, so a new statement at a reused address is rescanned).
+    auto* m = static_cast<impl*>(ctx);
+    const char* sql = static_cast<const char*>(x);
+    for (const std::string& c : m->clean_sql)
+      if (std::strcmp(c.c_str(), sql) == 0) return 0;
     static const char kWord[] = "rollback";
-    for (const char* p = static_cast<const char*>(x); *p; ++p) {
+    std::size_t len = 0;
+    for (const char* p = sql; *p; ++p, ++len) {
       std::size_t i = 0;
       while (kWord[i] && (p[i] | 0x20) == kWord[i]) ++i;
       if (!kWord[i]) {
-        static_cast<impl*>(ctx)->rollback_to_seen = true;
-        break;
+        m->rollback_to_seen = true;
+        return 0;
       }
+    }
+    if (len <= 512) {
+      m->clean_sql[m->clean_next].assign(sql, len);
+      m->clean_next = (m->clean_next + 1) % m->clean_sql.size();
     }
     return 0;
   }
@@ -481,45 +626,53 @@ struct master::impl {
     table_state* t = m->lookup_table(ztab);
     if (!t || !t->produce) return;
     std::size_t npk = t->pk_table_cols.size();
-    value_view oldk[16], newk[16];
-    std::vector<value_view> big_old, big_new;
-    value_view* ok = oldk;
-    value_view* nk = newk;
-    if (npk > 16) {
-      big_old.resize(npk);
-      big_new.resize(npk);
-      ok = big_old.data();
-      nk = big_new.data();
-    }
-    dirty_row* old_row = nullptr;
     bool fresh = false;
     if (op == SQLITE_DELETE || op == SQLITE_UPDATE) {
+      std::vector<value_view>& ok = m->hook_old;
+      ok.resize(npk);
       for (std::size_t i = 0; i < npk; ++i) {
         sqlite3_value* v = nullptr;
         sqlite3_preupdate_old(db, t->pk_table_cols[i], &v);
-        ok[i] = hook_view(*t, t->pk_table_cols[i], v);
+        ok[i] = m->hook_view(*t, t->pk_table_cols[i], v);
       }
-      old_row = m->touch(t, ok, true, fresh);
+      dirty_row* old_row = m->touch(t, ok.data(), true, fresh);
       if (old_row && fresh && !t->compare_table_cols.empty()) {
         old_row->have_old = true;
-        old_row->old.reserve(t->compare_table_cols.size());
+        old_row->old_at = static_cast<std::uint32_t>(m->cells.size());
         for (int c : t->compare_table_cols) {
           sqlite3_value* v = nullptr;
           sqlite3_preupdate_old(db, c, &v);
-          old_row->old.push_back(value::from(hook_view(*t, c, v)));
+          m->put_cell(m->hook_view(*t, c, v));
         }
       }
       // Gone unless the same key comes back below (UPDATE keeping its key).
       if (old_row) m->set_final_absent(*old_row);
     }
     if (op == SQLITE_INSERT || op == SQLITE_UPDATE) {
+      // New values of the stream columns first (when they may be kept), then the key, taken
+      // from them when the pk columns are among the stream columns.
+      std::size_t nsel = t->sel_table_cols.size();
+      std::vector<value_view>& nv = m->hook_new;
+      nv.resize(nsel + npk);
+      bool have_fin = t->cache_final && m->cached_bytes <= max_cached_bytes;
+      for (std::size_t i = 0; have_fin && i < nsel; ++i) {
+        sqlite3_value* v = nullptr;
+        if (sqlite3_preupdate_new(db, t->sel_table_cols[i], &v) != SQLITE_OK) have_fin = false;
+        else nv[i] = m->hook_view(*t, t->sel_table_cols[i], v);
+      }
+      value_view* nk = nv.data() + nsel;
       for (std::size_t i = 0; i < npk; ++i) {
+        int at = t->pk_sel_pos[i];
+        if (have_fin && at >= 0) {
+          nk[i] = nv[static_cast<std::size_t>(at)];
+          continue;
+        }
         sqlite3_value* v = nullptr;
         sqlite3_preupdate_new(db, t->pk_table_cols[i], &v);
-        nk[i] = hook_view(*t, t->pk_table_cols[i], v);
+        nk[i] = m->hook_view(*t, t->pk_table_cols[i], v);
       }
       dirty_row* new_row = m->touch(t, nk, false, fresh);
-      if (new_row) m->set_final_present(*new_row, db);
+      if (new_row) m->set_final_present(*new_row, have_fin ? nv.data() : nullptr);
     }
   }
 #else
@@ -607,7 +760,7 @@ struct master::impl {
   // per RETURNING step, which dominated the capture profile). A row without an entry is at
   // version 1 (rows inserted once and never changed, the common case, cost no version write);
   // a row that was never there (existed_before false) and has no entry becomes version 1.
-  std::uint64_t bump_version(table_state& t, const std::string& key, std::int64_t now,
+  std::uint64_t bump_version(table_state& t, std::string_view key, std::int64_t now,
                              bool existed_before, std::error_code& ec) {
     std::uint64_t v = 0;
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
@@ -719,7 +872,8 @@ struct master::impl {
   const char* last_name = nullptr;
   table_state* last_table = nullptr;
   table_state* lookup_table(const char* ztab) {
-    if (ztab == last_name && last_table && last_table->table == ztab) return last_table;
+    if (ztab == last_name && last_table && std::strcmp(last_table->table.c_str(), ztab) == 0)
+      return last_table;
     auto it = by_table.find(ztab);
     table_state* t = it == by_table.end() ? nullptr : it->second;
     if (t) {
@@ -920,6 +1074,12 @@ std::error_code master::impl::register_table(const table_options& o) {
     }
   }
   for (int pkc : t->pk_table_cols) {
+    int at = -1;
+    for (std::size_t i = 0; i < t->sel_table_cols.size(); ++i)
+      if (t->sel_table_cols[i] == pkc) at = static_cast<int>(i);
+    t->pk_sel_pos.push_back(at);
+  }
+  for (int pkc : t->pk_table_cols) {
     bool found = false;
     for (std::size_t i = 0; i < t->sch.columns.size(); ++i) {
       if (ieq(t->sch.columns[i].name, tcols[static_cast<std::size_t>(pkc)].name)) {
@@ -1091,7 +1251,7 @@ std::error_code master::impl::internal_txn(
 std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool& emitted) {
   emitted = false;
   table_state& t = *d.t;
-  std::size_t npk = d.pk.size();
+  std::size_t npk = t.pk_table_cols.size();
   sqlite3_stmt* rf = t.read_final.get();
   reset_guard g{nullptr};
   bool cached = d.final_state != 0 && !rollback_to_seen;
@@ -1100,18 +1260,18 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     rc = d.final_state == 1 ? SQLITE_ROW : SQLITE_DONE;
   } else {
     g.s = rf;
-    for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), d.pk[i].view());
+    for (std::size_t i = 0; i < npk; ++i) bind_view(rf, static_cast<int>(i + 1), cell(d.pk_at + i));
     rc = sqlite3_step(rf);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return sql_fail("read row");
   }
   // Column i of the row's stream columns (= compare columns when there is no SQL serializer).
   auto col = [&](int i) {
-    return cached ? d.fin[static_cast<std::size_t>(i)].view() : column_view(rf, i);
+    return cached ? cell(d.fin_at + static_cast<std::size_t>(i)) : column_view(rf, i);
   };
   std::error_code ec;
   if (rc == SQLITE_DONE) {
     if (!d.existed_before) return {};  // inserted and deleted within the transaction
-    std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
+    std::uint64_t ver = bump_version(t, key_of(d), now, d.existed_before, ec);
     if (ec) return ec;
     value_view pkv[16];
     std::vector<value_view> big;
@@ -1120,15 +1280,8 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
       big.resize(npk);
       pv = big.data();
     }
-    for (std::size_t i = 0; i < npk; ++i) pv[i] = d.pk[i].view();
-    event_view ev;
-    ev.kind = event_kind::remove;
-    ev.row_version = ver;
-    ev.values = pv;
-    ev.n_values = npk;
-    ec = append_encoded(evbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-      return encode_event(ev, b, c, w);
-    });
+    for (std::size_t i = 0; i < npk; ++i) pv[i] = cell(d.pk_at + i);
+    ec = detail::append_plain_event(evbuf, event_kind::remove, ver, pv, npk);
     emitted = !ec;
     return ec;
   }
@@ -1138,12 +1291,12 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   if (d.have_old && t.serializer_sql.empty()) {
     bool same = true;
     for (int i = 0; i < ncmp && same; ++i)
-      same = same_value(d.old[static_cast<std::size_t>(i)], col(i));
+      same = same_value(cell(d.old_at + static_cast<std::size_t>(i)), col(i));
     if (same) return {};
   }
   std::size_t ncol = t.sch.columns.size();
   std::vector<value_view>& vals = vals_scratch;
-  vals.assign(ncol, value_view::null());
+  vals.resize(ncol);  // every entry is set below
   sqlite3_stmt* rc_stmt = nullptr;
   reset_guard g2{nullptr};
   if (!t.serializer_sql.empty()) {
@@ -1151,7 +1304,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     g2.s = rc_stmt;
     sqlite3_reset(rc_stmt);
     for (std::size_t i = 0; i < npk; ++i)
-      bind_view(rc_stmt, static_cast<int>(i + 1), d.pk[i].view());
+      bind_view(rc_stmt, static_cast<int>(i + 1), cell(d.pk_at + i));
     int r2 = sqlite3_step(rc_stmt);
     if (r2 == SQLITE_DONE) {
       last_error = "serializer_sql of '" + t.cqrs_id + "' returned no row";
@@ -1164,7 +1317,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   }
   row_ref rr{t.sch.columns.data(), vals.data(), ncol};
   // The version counts every committed change, sent or filtered.
-  std::uint64_t ver = bump_version(t, d.key, now, d.existed_before, ec);
+  std::uint64_t ver = bump_version(t, key_of(d), now, d.existed_before, ec);
   if (ec) return ec;
   if (t.filter && !t.filter(rr)) return {};
   std::vector<value> owned;
@@ -1177,20 +1330,27 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
     }
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
   }
-  std::vector<std::uint32_t> prev_cols;
-  std::vector<value_view> prev_vals;
+  std::vector<std::uint32_t>& prev_cols = prev_cols_scratch;
+  std::vector<value_view>& prev_vals = prev_vals_scratch;
+  prev_cols.clear();
+  prev_vals.clear();
   if (d.have_old && !t.tracked.empty()) {
     for (auto& tr : t.tracked) {
       // Position of the tracked column within compare_table_cols.
       for (std::size_t k = 0; k < t.compare_table_cols.size(); ++k) {
         if (t.compare_table_cols[k] != tr.second) continue;
-        if (!same_value(d.old[k], vals[tr.first])) {
+        if (!same_value(cell(d.old_at + k), vals[tr.first])) {
           prev_cols.push_back(tr.first);
-          prev_vals.push_back(d.old[k].view());
+          prev_vals.push_back(cell(d.old_at + k));
         }
         break;
       }
     }
+  }
+  if (prev_cols.empty()) {
+    ec = detail::append_plain_event(evbuf, event_kind::save, ver, vals.data(), ncol);
+    emitted = !ec;
+    return ec;
   }
   event_view ev;
   ev.kind = event_kind::save;
@@ -1216,7 +1376,9 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
   if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
   // Stable grouping per table, in order of first change.
-  std::vector<std::vector<std::size_t>> per_table(tables.size());
+  std::vector<std::vector<std::size_t>>& per_table = per_table_scratch;  // kept between commits
+  per_table.resize(tables.size());
+  for (auto& v : per_table) v.clear();
   for (std::size_t i = 0; i < n_dirty; ++i) per_table[dirty[i].t->index].push_back(i);
   for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   for (std::size_t ti = 0; ti < tables.size(); ++ti) {
@@ -1923,7 +2085,7 @@ std::error_code master::begin() {
   std::unique_lock<std::mutex> lk(m.txn_mu);
   if (!sqlite3_get_autocommit(m.db)) return make_error_code(errc::nested_transaction);
   m.clear_dirty();
-  if (auto ec = m.exec("BEGIN IMMEDIATE")) return ec;
+  if (auto ec = m.step_ctl(m.st_begin, "BEGIN IMMEDIATE")) return ec;
   m.txn_lock = std::move(lk);
   m.txn_owner = std::this_thread::get_id();
   m.in_txn = true;
@@ -1951,7 +2113,7 @@ std::error_code master::commit() {
   m.internal_write = false;
   if (!ec) {
     m.committing = true;
-    ec = m.exec("COMMIT");
+    ec = m.step_ctl(m.st_commit, "COMMIT");
     m.committing = false;
   }
   if (ec) {
