@@ -1,11 +1,13 @@
 # Install rules, CMake package (find_package(edgecqrs 0.1)) and pkg-config files.
-# Each library that exists is installed: edgecqrs::core, edgecqrs::loopback, edgecqrs::paho.
+# Each library that exists is installed: edgecqrs::core, edgecqrs::master, edgecqrs::replica,
+# edgecqrs::loopback, edgecqrs::paho.
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
 set(EDGECQRS_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/edgecqrs)
 set(_edgecqrs_libs)
-foreach(pair "edgecqrs_core:core" "edgecqrs_loopback:loopback" "edgecqrs_paho:paho")
+foreach(pair "edgecqrs_core:core" "edgecqrs_master:master" "edgecqrs_replica:replica"
+    "edgecqrs_loopback:loopback" "edgecqrs_paho:paho")
   string(REPLACE ":" ";" pair ${pair})
   list(GET pair 0 tgt)
   list(GET pair 1 name)
@@ -56,7 +58,9 @@ function(edgecqrs_pc name lib description requires requires_private libs_private
   configure_file(${PROJECT_SOURCE_DIR}/cmake/edgecqrs.pc.in ${PROJECT_BINARY_DIR}/pkgconfig/${name}.pc @ONLY)
   install(FILES ${PROJECT_BINARY_DIR}/pkgconfig/${name}.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 endfunction()
-edgecqrs_pc(edgecqrs edgecqrs "edgecqrs core: SQLite capture, outbox, codec, replica apply" "sqlite3" "libcbor" "-lpthread")
+edgecqrs_pc(edgecqrs edgecqrs "edgecqrs core: wire codec, errors, names, events and values" "" "libcbor" "")
+edgecqrs_pc(edgecqrs-master edgecqrs_master "edgecqrs master: SQLite capture, outbox, publisher" "edgecqrs sqlite3" "" "-lpthread")
+edgecqrs_pc(edgecqrs-replica edgecqrs_replica "edgecqrs replica: apply, dead letters, re-sync" "edgecqrs sqlite3" "" "-lpthread")
 if(TARGET edgecqrs_loopback)
   get_target_property(_n edgecqrs_loopback OUTPUT_NAME)
   if(NOT _n)

@@ -14,3 +14,21 @@ function(edgecqrs_set_warnings target)
     endif()
   endif()
 endfunction()
+
+# edgecqrs_hide_internals(target): hidden visibility, so a shared library exports only what its
+# public headers mark EDGECQRS_API (edgecqrs/export.hpp); EDGECQRS_SHARED turns the mark on for the
+# library and for whoever links it when the library is shared. A shared library also links with
+# cmake/edgecqrs.map, which keeps libstdc++'s default-visibility template instantiations local.
+set(EDGECQRS_VERSION_SCRIPT ${CMAKE_CURRENT_LIST_DIR}/edgecqrs.map)
+function(edgecqrs_hide_internals target)
+  set_target_properties(${target} PROPERTIES CXX_VISIBILITY_PRESET hidden
+    C_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
+  get_target_property(type ${target} TYPE)
+  if(type STREQUAL "SHARED_LIBRARY")
+    target_compile_definitions(${target} PUBLIC EDGECQRS_SHARED)
+    if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+      target_link_options(${target} PRIVATE "-Wl,--version-script=${EDGECQRS_VERSION_SCRIPT}")
+      set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS ${EDGECQRS_VERSION_SCRIPT})
+    endif()
+  endif()
+endfunction()

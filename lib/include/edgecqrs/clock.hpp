@@ -3,9 +3,11 @@
 
 #include <cstdint>
 
+#include "edgecqrs/export.hpp"
+
 namespace edgecqrs {
 
-class clock {
+class EDGECQRS_API clock {
  public:
   virtual ~clock() = default;
   // Milliseconds since the Unix epoch (wall time: event times, expiry).
@@ -15,10 +17,10 @@ class clock {
 };
 
 // The process-wide real clock (std::chrono::system_clock / steady_clock). Thread-safe.
-clock& system_clock() noexcept;
+EDGECQRS_API clock& system_clock() noexcept;
 
 // A manually driven clock for tests and simulations. Not thread-safe.
-class fake_clock final : public clock {
+class EDGECQRS_API fake_clock final : public clock {
  public:
   explicit fake_clock(std::int64_t start_ms = 1763800000000) : now_(start_ms) {}
   std::int64_t now_ms() override { return now_; }

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "edgecqrs/event.hpp"
+#include "edgecqrs/export.hpp"
 #include "edgecqrs/value.hpp"
 
 namespace edgecqrs {
@@ -31,12 +32,14 @@ struct decode_limits {
 // tests/vectors/invalid.txt), e.g. truncated, trailing_bytes, wrong_type, integer_out_of_range,
 // invalid_utf8, duplicate_key, unknown_key, unsupported_format, bad_event and the limit errors.
 // Memory: bounded by `limits` (nothing is reserved beyond what the input can hold).
-std::error_code decode_message(const std::uint8_t* data, std::size_t size, message& out,
-                               const decode_limits& limits = {}) noexcept;
-std::error_code decode_schema(const std::uint8_t* data, std::size_t size, schema& out,
-                              const decode_limits& limits = {}) noexcept;
-std::error_code decode_control(const std::uint8_t* data, std::size_t size, control_request& out,
-                               const decode_limits& limits = {}) noexcept;
+EDGECQRS_API std::error_code decode_message(const std::uint8_t* data, std::size_t size,
+                                            message& out,
+                                            const decode_limits& limits = {}) noexcept;
+EDGECQRS_API std::error_code decode_schema(const std::uint8_t* data, std::size_t size, schema& out,
+                                           const decode_limits& limits = {}) noexcept;
+EDGECQRS_API std::error_code decode_control(const std::uint8_t* data, std::size_t size,
+                                            control_request& out,
+                                            const decode_limits& limits = {}) noexcept;
 
 // ---- encoding whole messages (convenience; allocation-free) ----
 // Errors of every encode_* function: buffer_too_small (nothing is written past `cap`, and
@@ -46,12 +49,12 @@ std::error_code decode_control(const std::uint8_t* data, std::size_t size, contr
 // out of range). With buf == nullptr nothing is written and `written` is the size needed.
 // A message is encoded as one group per run of events: group t0 is the first event's
 // updated_ms and later events carry dt when their time differs.
-std::error_code encode_message(const message& m, std::uint8_t* buf, std::size_t cap,
-                               std::size_t& written) noexcept;
-std::error_code encode_schema(const schema& s, std::uint8_t* buf, std::size_t cap,
-                              std::size_t& written) noexcept;
-std::error_code encode_control(const control_request& c, std::uint8_t* buf, std::size_t cap,
-                               std::size_t& written) noexcept;
+EDGECQRS_API std::error_code encode_message(const message& m, std::uint8_t* buf, std::size_t cap,
+                                            std::size_t& written) noexcept;
+EDGECQRS_API std::error_code encode_schema(const schema& s, std::uint8_t* buf, std::size_t cap,
+                                           std::size_t& written) noexcept;
+EDGECQRS_API std::error_code encode_control(const control_request& c, std::uint8_t* buf,
+                                            std::size_t cap, std::size_t& written) noexcept;
 
 // ---- hot-path pieces, used by the master to build outbox records and messages ----
 // A non-owning event: arrays must outlive the call.
@@ -70,28 +73,30 @@ struct event_view {
 };
 
 // One value item.
-std::error_code encode_value(const value_view& v, std::uint8_t* buf, std::size_t cap,
-                             std::size_t& written) noexcept;
+EDGECQRS_API std::error_code encode_value(const value_view& v, std::uint8_t* buf, std::size_t cap,
+                                          std::size_t& written) noexcept;
 // One event item.
-std::error_code encode_event(const event_view& ev, std::uint8_t* buf, std::size_t cap,
-                             std::size_t& written) noexcept;
+EDGECQRS_API std::error_code encode_event(const event_view& ev, std::uint8_t* buf, std::size_t cap,
+                                          std::size_t& written) noexcept;
 // The head of a group: array header for 1 + n_events items, then t0. Append n_events events.
-std::error_code encode_group_head(std::int64_t t0_ms, std::size_t n_events, std::uint8_t* buf,
-                                  std::size_t cap, std::size_t& written) noexcept;
+EDGECQRS_API std::error_code encode_group_head(std::int64_t t0_ms, std::size_t n_events,
+                                               std::uint8_t* buf, std::size_t cap,
+                                               std::size_t& written) noexcept;
 // The head of a message: array header (4, or 5 with ext), fmt, tag, seq and the groups array
 // header. Append n_groups pre-encoded groups, then encode_message_ext when has_ext.
-std::error_code encode_message_head(std::uint32_t schema_tag, std::uint64_t first_seq,
-                                    std::size_t n_groups, bool has_ext, std::uint8_t* buf,
-                                    std::size_t cap, std::size_t& written) noexcept;
+EDGECQRS_API std::error_code encode_message_head(std::uint32_t schema_tag, std::uint64_t first_seq,
+                                                 std::size_t n_groups, bool has_ext,
+                                                 std::uint8_t* buf, std::size_t cap,
+                                                 std::size_t& written) noexcept;
 // The ext map from m.target, m.expires_ms, m.has_resync/m.resync and m.reply_to.
 // message_has_ext(m) tells whether there is anything to write.
-bool message_has_ext(const message& m) noexcept;
-std::error_code encode_message_ext(const message& m, std::uint8_t* buf, std::size_t cap,
-                                   std::size_t& written) noexcept;
+EDGECQRS_API bool message_has_ext(const message& m) noexcept;
+EDGECQRS_API std::error_code encode_message_ext(const message& m, std::uint8_t* buf,
+                                                std::size_t cap, std::size_t& written) noexcept;
 
 // Readable one-line JSON of a decoded message (column names from `s` when given, else
 // positional). BLOBs are {"b64": "<base64>"}, non-finite reals are strings ("NaN", "Infinity",
 // "-Infinity"). Returns an empty string only when memory runs out.
-std::string to_json(const message& m, const schema* s = nullptr);
+EDGECQRS_API std::string to_json(const message& m, const schema* s = nullptr);
 
 }  // namespace edgecqrs

@@ -5,6 +5,8 @@
 #include <string>
 #include <system_error>
 
+#include "edgecqrs/export.hpp"
+
 namespace edgecqrs {
 
 // Values are stable (they appear in logs and dead letters); new codes are appended within
@@ -86,7 +88,7 @@ enum class errc : int {
   io_error,
 };
 
-const std::error_category& edgecqrs_category() noexcept;
+EDGECQRS_API const std::error_category& edgecqrs_category() noexcept;
 
 inline std::error_code make_error_code(errc e) noexcept {
   return {static_cast<int>(e), edgecqrs_category()};

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "edgecqrs/export.hpp"
 #include "edgecqrs/value.hpp"
 
 namespace edgecqrs {
@@ -16,7 +17,7 @@ constexpr std::uint32_t wire_format_version = 1;
 
 enum class event_kind : std::uint8_t { save = 0, remove = 1, sync = 2 };
 
-const char* to_string(event_kind k) noexcept;  // "save", "delete", "sync"
+EDGECQRS_API const char* to_string(event_kind k) noexcept;  // "save", "delete", "sync"
 
 struct prev_value {
   std::uint32_t column = 0;  // index into the schema's columns
@@ -78,6 +79,6 @@ struct control_request {
 };
 
 // FNV-1a 32-bit schema tag as defined in docs/wire-format.md §4 (never 0).
-std::uint32_t compute_schema_tag(const schema& s) noexcept;
+EDGECQRS_API std::uint32_t compute_schema_tag(const schema& s) noexcept;
 
 }  // namespace edgecqrs

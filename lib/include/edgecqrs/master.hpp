@@ -24,6 +24,7 @@
 
 #include "edgecqrs/clock.hpp"
 #include "edgecqrs/event.hpp"
+#include "edgecqrs/export.hpp"
 #include "edgecqrs/transport.hpp"
 #include "edgecqrs/value.hpp"
 
@@ -72,7 +73,7 @@ struct row_ref {
   const value_view* values = nullptr;
   std::size_t size = 0;
   // The value of a column by name (a null view when the name is unknown).
-  value_view get(std::string_view column) const;
+  EDGECQRS_API value_view get(std::string_view column) const;
 };
 
 // A table's registration. Only `table` and `cqrs_id` are required.
@@ -123,35 +124,37 @@ class master {
   // Durability follows the connection's PRAGMA synchronous: FULL (or EXTRA) for a commit that
   // survives a power cut; with NORMAL a cut may undo the last commits, but never one that was
   // published (the master syncs the outbox before publishing, docs/capture.md).
-  static std::error_code attach(sqlite3* db, const master_config& cfg, transport* tx,
-                                std::unique_ptr<master>& out, clock& clk = system_clock());
+  EDGECQRS_API static std::error_code attach(sqlite3* db, const master_config& cfg, transport* tx,
+                                             std::unique_ptr<master>& out,
+                                             clock& clk = system_clock());
   // Opens (creating) a database file, WAL mode, synchronous=FULL (commits survive power loss),
   // then attaches; the master owns the connection.
-  static std::error_code open(const std::string& path, const master_config& cfg, transport* tx,
-                              std::unique_ptr<master>& out, clock& clk = system_clock());
-  ~master();  // stops the background thread, removes hooks, closes an owned connection
+  EDGECQRS_API static std::error_code open(const std::string& path, const master_config& cfg,
+                                           transport* tx, std::unique_ptr<master>& out,
+                                           clock& clk = system_clock());
+  EDGECQRS_API ~master();  // stops the background thread, removes hooks, closes an owned connection
   master(const master&) = delete;
   master& operator=(const master&) = delete;
 
-  sqlite3* db() const;
+  EDGECQRS_API sqlite3* db() const;
 
   // Registers a table (errors: invalid_cqrs_id, duplicate_cqrs_id, already_registered,
   // unknown_table, unknown_column, missing_primary_key, unsupported_table, sqlite_error).
   // Queues the retained schema message. Not allowed inside a transaction.
-  std::error_code register_table(const table_options& opts);
+  EDGECQRS_API std::error_code register_table(const table_options& opts);
   // The stream's schema (columns, pk, tag, incarnation); false when unknown.
-  bool schema_of(std::string_view cqrs_id, schema& out) const;
+  EDGECQRS_API bool schema_of(std::string_view cqrs_id, schema& out) const;
 
   // ---- transactions: the only way to write registered tables ----
   // BEGIN IMMEDIATE. errc::nested_transaction when one is open.
-  std::error_code begin();
+  EDGECQRS_API std::error_code begin();
   // Encodes the captured changes into the outbox, then COMMIT. On any error the transaction is
   // rolled back and nothing is published (errors: outbox_full, serialization_failed,
   // sqlite_error, not_in_transaction).
-  std::error_code commit();
-  std::error_code rollback();
+  EDGECQRS_API std::error_code commit();
+  EDGECQRS_API std::error_code rollback();
   // begin(); body(db); commit() (rollback when body returns an error, which is returned).
-  std::error_code transaction(const std::function<std::error_code(sqlite3*)>& body);
+  EDGECQRS_API std::error_code transaction(const std::function<std::error_code(sqlite3*)>& body);
   // A COMMIT that bypasses commit() (plain SQL, autocommit statements) of a transaction that
   // changed a registered table is refused: the statement fails with SQLITE_CONSTRAINT_COMMITHOOK
   // and the changes are rolled back. Counted in stats().unmanaged_writes_refused.
@@ -161,37 +164,38 @@ class master {
   // expression on the table's columns, "" for all) with bound parameters ?1..?n; to every
   // replica, or to one (`replica` non-empty: its direct topic). Durable (outbox). `synced`
   // receives the row count. Must not be called inside a transaction.
-  std::error_code sync(std::string_view cqrs_id, std::string_view where_sql,
-                       const std::vector<sql_param>& params, std::string_view replica,
-                       std::size_t* synced = nullptr);
+  EDGECQRS_API std::error_code sync(std::string_view cqrs_id, std::string_view where_sql,
+                                    const std::vector<sql_param>& params, std::string_view replica,
+                                    std::size_t* synced = nullptr);
   // Writes the stream's table (after filter and field selection) as a CBOR sequence file
   // (RFC 8742): ["edgecqrs-dump", 1, schema-message] then sync messages. errc::io_error when
   // the file cannot be written.
-  std::error_code dump(std::string_view cqrs_id, const std::string& path,
-                       std::size_t* rows = nullptr);
+  EDGECQRS_API std::error_code dump(std::string_view cqrs_id, const std::string& path,
+                                    std::size_t* rows = nullptr);
   // The same, for the rows matching `where_sql` (as in sync(), bound parameters ?1..?n).
-  std::error_code dump(std::string_view cqrs_id, const std::string& path,
-                       std::string_view where_sql, const std::vector<sql_param>& params,
-                       std::size_t* rows = nullptr);
+  EDGECQRS_API std::error_code dump(std::string_view cqrs_id, const std::string& path,
+                                    std::string_view where_sql,
+                                    const std::vector<sql_param>& params,
+                                    std::size_t* rows = nullptr);
 
   // ---- publishing ----
-  void set_transport(transport* tx);
+  EDGECQRS_API void set_transport(transport* tx);
   // Publisher step for firmware loops: handles acknowledgements and control requests, prunes,
   // publishes pending records within the window, heartbeats. Returns the first error met
   // (publishing errors are retried with backoff, not returned). Call outside a transaction.
-  std::error_code poll();
+  EDGECQRS_API std::error_code poll();
   // Runs poll() on a background thread every `interval_ms` (and soon after each commit).
   // errc::invalid_argument when already started.
-  std::error_code start(std::int64_t interval_ms = 10);
-  void stop();
+  EDGECQRS_API std::error_code start(std::int64_t interval_ms = 10);
+  EDGECQRS_API void stop();
 
-  master_stats stats() const;
+  EDGECQRS_API master_stats stats() const;
   // Head (last committed seq) of a stream; 0 when unknown or empty.
-  std::uint64_t head_seq(std::string_view cqrs_id) const;
+  EDGECQRS_API std::uint64_t head_seq(std::string_view cqrs_id) const;
   // The last SQLite error message recorded by a failed call ("" when none).
-  std::string last_error_message() const;
+  EDGECQRS_API std::string last_error_message() const;
   // Whether this build captures with SQLite's pre-update hook (docs/capture.md).
-  static bool has_preupdate_hook() noexcept;
+  EDGECQRS_API static bool has_preupdate_hook() noexcept;
 
   struct impl;
 

@@ -23,6 +23,7 @@
 #include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/event.hpp"
+#include "edgecqrs/export.hpp"
 #include "edgecqrs/names.hpp"
 #include "edgecqrs/transport.hpp"
 #include "edgecqrs/value.hpp"
@@ -158,56 +159,59 @@ class replica {
   // Attaches to `db`, which the caller keeps open for the replica's lifetime and does not use
   // concurrently. Creates the replica's bookkeeping tables (edgecqrs_r_*) if needed.
   // Errors: invalid_replica_name, invalid_topic_prefix, invalid_argument, sqlite_error.
-  static std::error_code open(sqlite3* db, replica_options opts, std::unique_ptr<replica>& out);
+  EDGECQRS_API static std::error_code open(sqlite3* db, replica_options opts,
+                                           std::unique_ptr<replica>& out);
   // Opens (creating) the database file at `path`; the replica owns the connection (WAL mode).
-  static std::error_code open(const std::string& path, replica_options opts,
-                              std::unique_ptr<replica>& out);
+  EDGECQRS_API static std::error_code open(const std::string& path, replica_options opts,
+                                           std::unique_ptr<replica>& out);
   // Unsubscribes from the attached transport (see attach) and closes an owned connection.
-  ~replica();
+  EDGECQRS_API ~replica();
   replica(const replica&) = delete;
   replica& operator=(const replica&) = delete;
 
   // Registers a stream. Validates the CQRS_ID, the local table and every mapped local column
   // against the real table. Errors: invalid_cqrs_id, duplicate_cqrs_id, unknown_table,
   // unknown_column, invalid_argument (no table and no handler), sqlite_error.
-  std::error_code register_table(std::string_view cqrs_id, replica_table_options opts);
+  EDGECQRS_API std::error_code register_table(std::string_view cqrs_id, replica_table_options opts);
 
   // Subscribes the event, direct and schema topics of every registered stream (and of streams
   // registered later) on `t`, and uses `t` for control requests. `t` must outlive the replica or
   // a call to detach(). Errors: subscribe_failed and the transport's own.
-  std::error_code attach(transport& t);
-  void detach();
+  EDGECQRS_API std::error_code attach(transport& t);
+  EDGECQRS_API void detach();
 
   // Handles one incoming message: decodes, validates and applies it and commits before returning
   // (so the transport may acknowledge it). Returns what happened to it: empty when applied (or
   // harmlessly skipped); a reason when it was dead-lettered, ignored or could not be committed.
-  std::error_code on_message(std::string_view topic, const std::uint8_t* data, std::size_t size);
+  EDGECQRS_API std::error_code on_message(std::string_view topic, const std::uint8_t* data,
+                                          std::size_t size);
 
   // Timers: gap replay / re-sync / schema requests, due retries, tombstone pruning. Call it from
   // the application loop (every 100 ms or so). Errors: sqlite_error.
-  std::error_code poll();
+  EDGECQRS_API std::error_code poll();
 
   // Asks the master for a full re-sync of a stream (also done automatically, docs/replication.md).
-  std::error_code request_resync(std::string_view cqrs_id);
+  EDGECQRS_API std::error_code request_resync(std::string_view cqrs_id);
 
-  replica_stats stats() const;
-  std::error_code status(std::string_view cqrs_id, stream_status& out) const;
+  EDGECQRS_API replica_stats stats() const;
+  EDGECQRS_API std::error_code status(std::string_view cqrs_id, stream_status& out) const;
 
   // Dead letters, oldest first. retry re-runs a dead letter through on_message's pipeline and
   // removes it when it applies (it stays, with the new reason, when it fails again).
-  std::error_code list_dead_letters(std::vector<dead_letter>& out, std::size_t offset = 0,
-                                    std::size_t limit = 100) const;
-  std::error_code retry_dead_letter(std::int64_t id);
-  std::error_code retry_all_dead_letters(std::size_t& still_failing);
-  std::error_code purge_dead_letter(std::int64_t id);
-  std::error_code purge_dead_letters(std::int64_t older_than_ms = INT64_MAX);
-  std::error_code dead_letter_count(std::size_t& out) const;
+  EDGECQRS_API std::error_code list_dead_letters(std::vector<dead_letter>& out,
+                                                 std::size_t offset = 0,
+                                                 std::size_t limit = 100) const;
+  EDGECQRS_API std::error_code retry_dead_letter(std::int64_t id);
+  EDGECQRS_API std::error_code retry_all_dead_letters(std::size_t& still_failing);
+  EDGECQRS_API std::error_code purge_dead_letter(std::int64_t id);
+  EDGECQRS_API std::error_code purge_dead_letters(std::int64_t older_than_ms = INT64_MAX);
+  EDGECQRS_API std::error_code dead_letter_count(std::size_t& out) const;
 
   // Pending retries (failed events waiting for their next attempt).
-  std::error_code pending_retries(std::size_t& out) const;
+  EDGECQRS_API std::error_code pending_retries(std::size_t& out) const;
 
   // The last schema problem (missing required column, rejected unknown column), readable.
-  std::string last_error() const;
+  EDGECQRS_API std::string last_error() const;
 
   struct impl;
 

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "edgecqrs/export.hpp"
+
 namespace edgecqrs {
 
 struct publish_options {
@@ -37,7 +39,7 @@ using publish_callback = std::function<void(std::error_code)>;
 // message durable (committed) before returning. The bytes are valid only during the call.
 using message_callback = std::function<void(const incoming_message&)>;
 
-class transport {
+class EDGECQRS_API transport {
  public:
   virtual ~transport() = default;
 

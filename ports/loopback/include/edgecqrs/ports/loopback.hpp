@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "edgecqrs/clock.hpp"
+#include "edgecqrs/export.hpp"
 #include "edgecqrs/transport.hpp"
 
 namespace edgecqrs::loopback {
@@ -43,35 +44,37 @@ class broker {
  public:
   // `clk` (optional, not owned, must outlive the broker) times delays; `max_queued` bounds the
   // queue: a publish beyond it is refused with errc::window_full.
-  explicit broker(std::uint64_t seed = 1, clock* clk = nullptr, std::size_t max_queued = 100000);
-  ~broker();
+  EDGECQRS_API explicit broker(std::uint64_t seed = 1, clock* clk = nullptr,
+                               std::size_t max_queued = 100000);
+  EDGECQRS_API ~broker();
   broker(const broker&) = delete;
   broker& operator=(const broker&) = delete;
 
   // A new connected client. `max_in_flight`: unacknowledged publishes it accepts (window_full
   // beyond). The client may outlive the broker (it then reports not_connected).
-  std::unique_ptr<client> make_client(std::string name, std::size_t max_in_flight = 32);
+  EDGECQRS_API std::unique_ptr<client> make_client(std::string name,
+                                                   std::size_t max_in_flight = 32);
 
-  void set_faults(const faults& f);
+  EDGECQRS_API void set_faults(const faults& f);
   // Deterministic commands, applied to the next n publishes pumped (before random faults).
-  void drop_next(std::size_t n);
-  void duplicate_next(std::size_t n);
-  void fail_ack_next(std::size_t n);
+  EDGECQRS_API void drop_next(std::size_t n);
+  EDGECQRS_API void duplicate_next(std::size_t n);
+  EDGECQRS_API void fail_ack_next(std::size_t n);
 
   // Disconnects a client: its queued, unacknowledged publishes fail with errc::not_connected and
   // it refuses publishes until reconnect(). Subscriptions are kept (persistent session) but
   // messages published meanwhile are not queued for it (QoS 1 session queue not modelled).
-  void disconnect(const client& c);
-  void reconnect(const client& c);
+  EDGECQRS_API void disconnect(const client& c);
+  EDGECQRS_API void reconnect(const client& c);
 
   // Processes up to `max` queued items whose delay has passed, in queue order; returns how many.
-  std::size_t pump(std::size_t max = SIZE_MAX);
+  EDGECQRS_API std::size_t pump(std::size_t max = SIZE_MAX);
   // Pumps until the queue is empty of due items or `max_rounds` items were processed.
-  std::size_t pump_all(std::size_t max_rounds = 1000000);
-  std::size_t queued() const;
+  EDGECQRS_API std::size_t pump_all(std::size_t max_rounds = 1000000);
+  EDGECQRS_API std::size_t queued() const;
   // The retained payload of a topic, if any.
-  bool retained(std::string_view topic, std::string& payload) const;
-  broker_stats stats() const;
+  EDGECQRS_API bool retained(std::string_view topic, std::string& payload) const;
+  EDGECQRS_API broker_stats stats() const;
 
   struct state;
 
@@ -79,7 +82,7 @@ class broker {
   std::shared_ptr<state> state_;
 };
 
-class client final : public transport {
+class EDGECQRS_API client final : public transport {
  public:
   ~client() override;
   std::error_code publish(std::string_view topic, const std::uint8_t* data, std::size_t size,
@@ -102,6 +105,6 @@ class client final : public transport {
 };
 
 // MQTT topic filter matching ('+' one level, '#' the rest); no "$share/" prefix.
-bool topic_matches(std::string_view filter, std::string_view topic) noexcept;
+EDGECQRS_API bool topic_matches(std::string_view filter, std::string_view topic) noexcept;
 
 }  // namespace edgecqrs::loopback

@@ -9,6 +9,7 @@
 #include <string>
 #include <system_error>
 
+#include "edgecqrs/export.hpp"
 #include "edgecqrs/transport.hpp"
 
 namespace edgecqrs::ports {
@@ -78,8 +79,8 @@ struct paho_stats {
 // errc::invalid_argument (bad filter or empty callback).
 class paho_transport final : public transport {
  public:
-  explicit paho_transport(paho_config config);
-  ~paho_transport() override;
+  EDGECQRS_API explicit paho_transport(paho_config config);
+  EDGECQRS_API ~paho_transport() override;
   paho_transport(const paho_transport&) = delete;
   paho_transport& operator=(const paho_transport&) = delete;
 
@@ -87,27 +88,29 @@ class paho_transport final : public transport {
   // filter registered so far and waits for the SUBACKs (errc::subscribe_failed when one is
   // refused). Calling it while started returns an empty error_code. After a failure it may be
   // called again.
-  std::error_code start();
+  EDGECQRS_API std::error_code start();
   // Disconnects (waits up to 1 s for a clean DISCONNECT) and fails unacknowledged publishes.
   // The object can be start()ed again. Must not be called from a transport callback.
-  void stop();
+  EDGECQRS_API void stop();
 
-  std::error_code publish(std::string_view topic, const std::uint8_t* data, std::size_t size,
-                          const publish_options& opts, publish_callback done) override;
-  std::error_code subscribe(std::string_view filter, message_callback on_message) override;
-  std::error_code unsubscribe(std::string_view filter) override;
-  bool connected() const override;
-  std::size_t max_in_flight() const override;
+  EDGECQRS_API std::error_code publish(std::string_view topic, const std::uint8_t* data,
+                                       std::size_t size, const publish_options& opts,
+                                       publish_callback done) override;
+  EDGECQRS_API std::error_code subscribe(std::string_view filter,
+                                         message_callback on_message) override;
+  EDGECQRS_API std::error_code unsubscribe(std::string_view filter) override;
+  EDGECQRS_API bool connected() const override;
+  EDGECQRS_API std::size_t max_in_flight() const override;
 
   // Unacknowledged publishes right now (always <= max_in_flight()).
-  std::size_t in_flight() const;
-  paho_stats stats() const;
+  EDGECQRS_API std::size_t in_flight() const;
+  EDGECQRS_API paho_stats stats() const;
   // Paho's text for the last connection or TLS failure (diagnostics only).
-  std::string last_error_message() const;
+  EDGECQRS_API std::string last_error_message() const;
 
   // True when `topic` matches `filter` by MQTT rules ('+', '#', "$share/<group>/" removed,
   // wildcards never match a first level starting with '$').
-  static bool topic_matches(std::string_view filter, std::string_view topic) noexcept;
+  EDGECQRS_API static bool topic_matches(std::string_view filter, std::string_view topic) noexcept;
 
  private:
   struct impl;
