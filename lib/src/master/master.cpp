@@ -1557,6 +1557,41 @@ std::error_code master::impl::prune() {
   return {};
 }
 
+namespace {
+
+// The head of a CBOR data item: major type and argument; false when truncated or indefinite.
+bool cbor_head(const std::uint8_t*& p, const std::uint8_t* end, int& major, std::uint64_t& arg) {
+  if (p >= end) return false;
+  major = *p >> 5;
+  const int info = *p & 0x1f;
+  ++p;
+  if (info < 24) {
+    arg = static_cast<std::uint64_t>(info);
+    return true;
+  }
+  if (info > 27) return false;
+  const std::size_t n = std::size_t{1} << (info - 24);
+  if (static_cast<std::size_t>(end - p) < n) return false;
+  arg = 0;
+  for (std::size_t i = 0; i < n; ++i) arg = (arg << 8) | p[i];
+  p += n;
+  return true;
+}
+
+// The t0 (commit time, ms) of a stream record: its body is one group [t0, events...].
+bool record_t0(const std::uint8_t* body, std::size_t size, std::int64_t& t0) {
+  const std::uint8_t* p = body;
+  const std::uint8_t* end = body + size;
+  int major = 0;
+  std::uint64_t arg = 0;
+  if (!cbor_head(p, end, major, arg) || major != 4) return false;
+  if (!cbor_head(p, end, major, arg) || major != 0 || arg > INT64_MAX) return false;
+  t0 = static_cast<std::int64_t>(arg);
+  return true;
+}
+
+}  // namespace
+
 std::error_code master::impl::publish_pending() {
   if (!tx || !tx->connected()) return {};
   std::int64_t now = clk->steady_ms();
@@ -1621,6 +1656,7 @@ std::error_code master::impl::publish_pending() {
       auto first_seq = static_cast<std::uint64_t>(sqlite3_column_int64(s, 3));
       std::uint64_t expect = first_seq;
       std::size_t events = 0;
+      std::int64_t oldest_commit_ms = INT64_MAX;  // message TTL counts from the oldest commit
       grpbuf.clear();
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
@@ -1634,6 +1670,9 @@ std::error_code master::impl::publish_pending() {
                                grpbuf.size() + n > cfg.max_message_bytes))
           break;
         auto* body = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
+        std::int64_t t0 = 0;
+        if (cfg.message_ttl_ms > 0 && record_t0(body, n, t0))
+          oldest_commit_ms = std::min(oldest_commit_ms, t0);
         grpbuf.insert(grpbuf.end(), body, body + n);
         m.ids.push_back(id);
         m.kinds.push_back(kind_stream);
@@ -1642,12 +1681,32 @@ std::error_code master::impl::publish_pending() {
         expect += ne;
         rc = sqlite3_step(s);
       }
+      message ttl_ext;
+      if (cfg.message_ttl_ms > 0) {
+        // A record whose t0 cannot be read (never: the master wrote it) expires from now.
+        const std::int64_t wall = clk->now_ms();
+        const std::int64_t base = oldest_commit_ms == INT64_MAX ? wall : oldest_commit_ms;
+        ttl_ext.expires_ms = base > INT64_MAX - cfg.message_ttl_ms ? INT64_MAX
+                                                                   : base + cfg.message_ttl_ms;
+        // MQTT 5: the broker drops it once the time left (rounded up, at least 1 s) has passed;
+        // already expired ones still go out, and the replica dead-letters them as "expired".
+        const std::int64_t left_ms = ttl_ext.expires_ms - wall;
+        const std::int64_t left_s = left_ms <= 0 ? 1 : (left_ms + 999) / 1000;
+        opts.expiry_interval_s = static_cast<std::uint32_t>(
+            std::min<std::int64_t>(left_s, INT32_MAX));
+      }
+      const bool has_ext = ttl_ext.expires_ms != 0;
       if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), false, b, c,
+            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), has_ext, b, c,
                                        w);
           }))
         return ec;
       msgbuf.insert(msgbuf.end(), grpbuf.begin(), grpbuf.end());
+      if (has_ext)
+        if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+              return encode_message_ext(ttl_ext, b, c, w);
+            }))
+          return ec;
       topic = t.event_topic;
     }
     sqlite3_reset(s);
