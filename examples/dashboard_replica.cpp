@@ -9,13 +9,16 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <cstdint>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 
+#include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/ports/paho.hpp"
 #include "edgecqrs/replica.hpp"
@@ -24,7 +27,13 @@
 namespace {
 
 std::atomic<bool> stop_requested{false};
-void on_signal(int) { stop_requested.store(true); }
+std::atomic<int> stop_signal{0};
+std::atomic<long> stop_sender{0};
+void on_signal(int sig, siginfo_t* info, void*) {
+  stop_signal.store(sig);
+  stop_sender.store(info != nullptr ? static_cast<long>(info->si_pid) : 0L);
+  stop_requested.store(true);
+}
 
 const char* const ddl =
     "PRAGMA journal_mode=WAL;"
@@ -40,6 +49,41 @@ const char* const ddl =
     " avg(r.value) AS mean_value, max(r.taken_ms) AS last_taken_ms"
     " FROM device d LEFT JOIN reading r ON r.device_id = d.id GROUP BY d.id;";
 
+// Counts what arrives on the broadcast event topics (".../v1/e/...") before the replica sees it:
+// with a shared subscription each stream message reaches one worker only, so the workers' counts
+// add up to the master's. Everything else is forwarded unchanged.
+class counting_transport final : public edgecqrs::transport {
+ public:
+  explicit counting_transport(edgecqrs::transport& inner) : inner_(inner) {}
+  std::error_code publish(std::string_view topic, const std::uint8_t* data, std::size_t size,
+                          const edgecqrs::publish_options& opts,
+                          edgecqrs::publish_callback done) override {
+    return inner_.publish(topic, data, size, opts, std::move(done));
+  }
+  std::error_code subscribe(std::string_view filter, edgecqrs::message_callback cb) override {
+    return inner_.subscribe(filter, [this, cb = std::move(cb)](const edgecqrs::incoming_message& m) {
+      if (m.topic.find("/v1/e/") != std::string_view::npos) {
+        edgecqrs::message msg;
+        if (!edgecqrs::decode_message(m.data, m.size, msg)) {
+          stream_events.fetch_add(msg.events.size());
+          (msg.events.empty() ? heartbeats : stream_messages).fetch_add(1);
+        }
+      }
+      cb(m);
+    });
+  }
+  std::error_code unsubscribe(std::string_view filter) override {
+    return inner_.unsubscribe(filter);
+  }
+  bool connected() const override { return inner_.connected(); }
+  std::size_t max_in_flight() const override { return inner_.max_in_flight(); }
+
+  std::atomic<std::uint64_t> stream_messages{0}, stream_events{0}, heartbeats{0};
+
+ private:
+  edgecqrs::transport& inner_;
+};
+
 int fail(const char* what, std::error_code ec, const std::string& detail = {}) {
   std::fprintf(stderr, "replica: %s: %s%s%s\n", what, ec.message().c_str(),
                detail.empty() ? "" : ": ", detail.c_str());
@@ -54,8 +98,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s --uri URI --db PATH --name NAME [--group G] ...\n", argv[0]);
     return 2;
   }
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGINT, on_signal);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_signal;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
 
   sqlite3* db = nullptr;
   if (sqlite3_open(f.get("db").c_str(), &db) != SQLITE_OK) {
@@ -82,7 +130,8 @@ int main(int argc, char** argv) {
 
   edgecqrs::ports::paho_transport transport(
       example::transport_config(f, "dashboard-" + ro.name));
-  if (auto ec = r->attach(transport)) return fail("attach", ec);
+  counting_transport counting(transport);
+  if (auto ec = r->attach(counting)) return fail("attach", ec);
   if (auto ec = example::connect_with_retry(transport, std::chrono::seconds(15))) {
     return fail("connect", ec, transport.last_error_message());
   }
@@ -91,7 +140,8 @@ int main(int argc, char** argv) {
     if (auto ec = r->poll()) std::fprintf(stderr, "replica: poll: %s\n", ec.message().c_str());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  std::fprintf(stderr, "replica %s: stopping (%s)\n", ro.name.c_str(),
+  std::fprintf(stderr, "replica %s: stopping on signal %d from pid %ld (%s)\n", ro.name.c_str(),
+               stop_signal.load(), stop_sender.load(),
                transport.last_error_message().c_str());
   // Detach first: no message may arrive while the replica goes away.
   transport.stop();
@@ -112,6 +162,9 @@ int main(int argc, char** argv) {
                           {"dead_letters", std::to_string(dead)},
                           {"commit_failures", std::to_string(st.commit_failures)},
                           {"received", std::to_string(ts.received)},
+                          {"stream_messages", std::to_string(counting.stream_messages.load())},
+                          {"stream_events", std::to_string(counting.stream_events.load())},
+                          {"heartbeats", std::to_string(counting.heartbeats.load())},
                           {"unrouted", std::to_string(ts.unrouted)},
                           {"connects", std::to_string(ts.connects)},
                           {"peak_rss_kib", std::to_string(example::peak_rss_kib())}});
