@@ -4,7 +4,8 @@
 // edgecqrs_example_replica --uri tcp://127.0.0.1:PORT --db replica.db --name NAME
 //   [--client-id ID] [--group G] [--summary FILE] [--mqtt 4|5] [--tls-ca F]
 //   [--user U --password P]
-// Runs until SIGTERM/SIGINT, then writes a key=value summary. Each reading row gets applied_ms
+// Runs until SIGTERM/SIGINT, then writes a key=value summary; SIGUSR1 requests a re-sync of both
+// streams from the master. Each reading row gets applied_ms
 // (wall clock, set by a trigger when the replica inserts it) so the driver can measure latency.
 #include <sqlite3.h>
 
@@ -27,6 +28,8 @@
 namespace {
 
 std::atomic<bool> stop_requested{false};
+std::atomic<bool> resync_requested{false};
+void on_resync_signal(int) { resync_requested.store(true); }
 std::atomic<int> stop_signal{0};
 std::atomic<long> stop_sender{0};
 void on_signal(int sig, siginfo_t* info, void*) {
@@ -104,6 +107,7 @@ int main(int argc, char** argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  std::signal(SIGUSR1, on_resync_signal);
 
   sqlite3* db = nullptr;
   if (sqlite3_open(f.get("db").c_str(), &db) != SQLITE_OK) {
@@ -137,6 +141,14 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "replica %s: connected\n", ro.name.c_str());
   while (!stop_requested.load()) {
+    if (resync_requested.exchange(false)) {
+      // An operator's "catch up from the master" (e.g. after expired events were dead-lettered).
+      for (const char* id : {"devices", "readings"}) {
+        if (auto ec = r->request_resync(id))
+          std::fprintf(stderr, "replica: resync %s: %s\n", id, ec.message().c_str());
+      }
+      std::fprintf(stderr, "replica %s: re-sync requested\n", ro.name.c_str());
+    }
     if (auto ec = r->poll()) std::fprintf(stderr, "replica: poll: %s\n", ec.message().c_str());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -159,6 +171,7 @@ int main(int argc, char** argv) {
                           {"gaps_repaired", std::to_string(st.gaps_repaired)},
                           {"replay_requests", std::to_string(st.replay_requests)},
                           {"resync_requests", std::to_string(st.resync_requests)},
+                          {"resyncs_completed", std::to_string(st.resyncs_completed)},
                           {"dead_letters", std::to_string(dead)},
                           {"commit_failures", std::to_string(st.commit_failures)},
                           {"received", std::to_string(ts.received)},

@@ -10,8 +10,11 @@
 #include <thread>
 #include <vector>
 
+#include <csignal>
+
 #include <sqlite3.h>
 
+#include "edgecqrs/errors.hpp"
 #include "host_support.hpp"
 #include "mosquitto_fixture.hpp"
 #include "test_support.hpp"
@@ -292,6 +295,100 @@ TEST_CASE("two replica workers on a shared subscription apply each event once") 
   CHECK(e1 + e2 == events);
   CHECK(summary_num(w1s, "dead_letters") == 0);
   CHECK(summary_num(w2s, "dead_letters") == 0);
+}
+
+namespace {
+
+// Dead letters of the readings stream with reason "expired", from the replica's database.
+long long expired_dead_letters(const std::string& replica_db) {
+  const auto rows = example::query_rows(
+      replica_db, "SELECT count(*) FROM edgecqrs_r_dead WHERE cqrs_id = 'readings' AND reason = " +
+                      std::to_string(static_cast<int>(edgecqrs::errc::expired)));
+  return rows.size() == 1 ? std::atoll(rows.front().c_str()) : -1;
+}
+
+long long reading_count(const std::string& db) {
+  const auto rows = example::query_rows(db, "SELECT count(*) FROM reading");
+  return rows.size() == 1 ? std::atoll(rows.front().c_str()) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("expired events dead-lettered (MQTT 3.1.1), an operator re-sync converges") {
+  // MQTT 3.1.1 has no message expiry: the broker keeps the queued events for the offline replica
+  // and delivers them late; the replica reads ext.expires (commit time + TTL) and dead-letters
+  // them with reason "expired", applying none. Their seqs count as handled, so gap repair does
+  // not fetch them: the replica stays behind until asked (SIGUSR1 -> request_resync), and then
+  // the re-sync (never expiring) converges it.
+  scenario s;
+  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  auto replica = s.start_replica("dashboard", "dash-ttl4", "dashboard.db");
+  s.run_master({"--rows", "100", "--batch", "50", "--ttl-ms", "1500"});
+  std::string why;
+  REQUIRE_MESSAGE(s.converges("dashboard.db", 30s, &why), why);
+  CHECK(replica->terminate() == 0);
+  // Offline: 400 more readings are acknowledged by the broker and queued for the session.
+  s.run_master({"--rows", "400", "--batch", "50", "--ttl-ms", "1500"}, "master2");
+  std::this_thread::sleep_for(2500ms);  // past the TTL of every one of them
+  replica = s.start_replica("dashboard", "dash-ttl4", "dashboard.db");
+  const auto db = s.path("dashboard.db");
+  REQUIRE(scenario::wait_until([&] { return expired_dead_letters(db) > 0; }, 30s));
+  // Every message of the second run arrives (the count is checked from the summary below) and
+  // is dead-lettered whole; nothing repairs the replica on its own meanwhile.
+  std::this_thread::sleep_for(2s);
+  CHECK(reading_count(db) == 100);
+  CHECK_FALSE(example::databases_agree(s.path("device.db"), db));
+  // Asked, the master (up again to answer) re-syncs the replica.
+  auto master = s.start_master({"--rows", "0", "--ttl-ms", "1500", "--linger"}, "master3");
+  REQUIRE(scenario::wait_until([&] { return s.log("master3").find("lingering") != std::string::npos ||
+                                            !master->running(); },
+                               60s));
+  REQUIRE(::kill(replica->pid(), SIGUSR1) == 0);
+  CHECK_MESSAGE(s.converges("dashboard.db", 60s, &why), why);
+  CHECK(reading_count(db) == 500);
+  CHECK(replica->terminate() == 0);
+  CHECK(master->terminate() == 0);
+  const auto sum = s.path("dash-ttl4.summary");
+  CHECK(summary_num(sum, "dead_letters") == expired_dead_letters(db));
+  CHECK(summary_num(sum, "stream_events") == 400);  // all the expired ones did arrive
+  CHECK(summary_num(sum, "resyncs_completed") >= 1);
+  std::printf("ttl (3.1.1): %lld expired messages dead-lettered, %lld stream events arrived\n",
+              expired_dead_letters(db), summary_num(sum, "stream_events"));
+}
+
+TEST_CASE("expired events dropped by the broker (MQTT 5 expiry), gap repair converges") {
+  // With MQTT 5 the master also sets the message expiry interval (time left, rounded up), so
+  // mosquitto drops the expired events from the offline replica's queue: none of them reaches
+  // the replica's event subscription and none is dead-lettered. The heartbeats of the master
+  // (kept up, as a real one is) announce the head, the replica sees the gap and its replay
+  // request brings the events on its direct topic (answers never expire): it converges on its own.
+  scenario s;
+  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  s.set_extra({"--mqtt", "5"});
+  auto replica = s.start_replica("dashboard", "dash-ttl5", "dashboard.db", {"--reorder-ms", "500"});
+  s.run_master({"--rows", "100", "--batch", "50", "--ttl-ms", "1500"});
+  std::string why;
+  REQUIRE_MESSAGE(s.converges("dashboard.db", 30s, &why), why);
+  CHECK(replica->terminate() == 0);
+  auto master = s.start_master({"--rows", "400", "--batch", "50", "--ttl-ms", "1500", "--linger"},
+                               "master2");
+  REQUIRE(scenario::wait_until([&] { return s.log("master2").find("lingering") != std::string::npos ||
+                                            !master->running(); },
+                               60s));
+  REQUIRE_MESSAGE(master->running(), s.log("master2"));
+  // mosquitto counts expiry in whole seconds: 2 s interval, checked with 1 s resolution.
+  std::this_thread::sleep_for(4s);
+  replica = s.start_replica("dashboard", "dash-ttl5", "dashboard.db", {"--reorder-ms", "500"});
+  CHECK_MESSAGE(s.converges("dashboard.db", 60s, &why), why);
+  CHECK(reading_count(s.path("dashboard.db")) == 500);
+  CHECK(replica->terminate() == 0);
+  CHECK(master->terminate() == 0);
+  const auto sum = s.path("dash-ttl5.summary");
+  CHECK(summary_num(sum, "stream_events") == 0);   // the broker dropped every expired one
+  CHECK(summary_num(sum, "dead_letters") == 0);
+  CHECK(summary_num(sum, "replay_requests") + summary_num(sum, "resync_requests") > 0);
+  std::printf("ttl (MQTT 5): replica repaired with %lld replay + %lld re-sync requests\n",
+              summary_num(sum, "replay_requests"), summary_num(sum, "resync_requests"));
 }
 
 TEST_CASE("direct sync reaches only the named replica") {
