@@ -1557,41 +1557,6 @@ std::error_code master::impl::prune() {
   return {};
 }
 
-namespace {
-
-// The head of a CBOR data item: major type and argument; false when truncated or indefinite.
-bool cbor_head(const std::uint8_t*& p, const std::uint8_t* end, int& major, std::uint64_t& arg) {
-  if (p >= end) return false;
-  major = *p >> 5;
-  const int info = *p & 0x1f;
-  ++p;
-  if (info < 24) {
-    arg = static_cast<std::uint64_t>(info);
-    return true;
-  }
-  if (info > 27) return false;
-  const std::size_t n = std::size_t{1} << (info - 24);
-  if (static_cast<std::size_t>(end - p) < n) return false;
-  arg = 0;
-  for (std::size_t i = 0; i < n; ++i) arg = (arg << 8) | p[i];
-  p += n;
-  return true;
-}
-
-// The t0 (commit time, ms) of a stream record: its body is one group [t0, events...].
-bool record_t0(const std::uint8_t* body, std::size_t size, std::int64_t& t0) {
-  const std::uint8_t* p = body;
-  const std::uint8_t* end = body + size;
-  int major = 0;
-  std::uint64_t arg = 0;
-  if (!cbor_head(p, end, major, arg) || major != 4) return false;
-  if (!cbor_head(p, end, major, arg) || major != 0 || arg > INT64_MAX) return false;
-  t0 = static_cast<std::int64_t>(arg);
-  return true;
-}
-
-}  // namespace
-
 std::error_code master::impl::publish_pending() {
   if (!tx || !tx->connected()) return {};
   std::int64_t now = clk->steady_ms();
@@ -1657,6 +1622,26 @@ std::error_code master::impl::publish_pending() {
       std::uint64_t expect = first_seq;
       std::size_t events = 0;
       std::int64_t oldest_commit_ms = INT64_MAX;  // message TTL counts from the oldest commit
+      // A stream record's body is one CBOR group [t0, events...]; t0 is its commit time (ms).
+      auto record_t0 = [](const std::uint8_t* p, std::size_t size, std::int64_t& t0) {
+        const std::uint8_t* end = p + size;
+        std::uint64_t arg[2] = {0, 0};
+        for (int item = 0; item < 2; ++item) {  // the array head, then t0
+          if (p >= end || (*p >> 5) != (item == 0 ? 4 : 0)) return false;
+          const int info = *p++ & 0x1f;
+          if (info < 24) {
+            arg[item] = static_cast<std::uint64_t>(info);
+            continue;
+          }
+          if (info > 27) return false;
+          const std::size_t len = std::size_t{1} << (info - 24);
+          if (static_cast<std::size_t>(end - p) < len) return false;
+          for (std::size_t i = 0; i < len; ++i) arg[item] = (arg[item] << 8) | *p++;
+        }
+        if (arg[1] > static_cast<std::uint64_t>(INT64_MAX)) return false;
+        t0 = static_cast<std::int64_t>(arg[1]);
+        return true;
+      };
       grpbuf.clear();
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
