@@ -4,14 +4,15 @@
 // edgecqrs_example_replica --uri tcp://127.0.0.1:PORT --db replica.db --name NAME
 //   [--client-id ID] [--group G] [--summary FILE] [--mqtt 4|5] [--tls-ca F]
 //   [--user U --password P]
-// Runs until SIGTERM/SIGINT, then writes a key=value summary; SIGUSR1 requests a re-sync of both
-// streams from the master. Each reading row gets applied_ms
-// (wall clock, set by a trigger when the replica inserts it) so the driver can measure latency.
+// Runs until SIGTERM/SIGINT, then writes a key=value summary (and keeps "<summary>.live" with the
+// transport counters up to date while running); SIGUSR1 requests a re-sync of both streams from
+// the master. Each reading row gets applied_ms (wall clock, set by a trigger when the replica
+// inserts it) so the driver can measure latency.
 #include <sqlite3.h>
 
 #include <atomic>
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <csignal>
 #include <cstdio>
 #include <memory>
