@@ -141,8 +141,8 @@ int main(int argc, char** argv) {
     return fail("connect", ec, transport.last_error_message());
   }
   std::fprintf(stderr, "replica %s: connected\n", ro.name.c_str());
-  // A live view of the transport counters (thread-safe ones only), rewritten every ~200 ms to
-  // "<summary>.live", so a driver can wait for the stream to drain without stopping the replica.
+  // A live view of some counters (transport and replica stats are thread-safe), rewritten every
+  // ~200 ms to "<summary>.live", so a driver can wait on progress without stopping the replica.
   const std::string live = f.has("summary") ? f.get("summary") + ".live" : std::string();
   int tick = 0;
   while (!stop_requested.load()) {
@@ -151,7 +151,8 @@ int main(int argc, char** argv) {
                              {{"received", std::to_string(transport.stats().received)},
                               {"stream_messages", std::to_string(counting.stream_messages.load())},
                               {"stream_events", std::to_string(counting.stream_events.load())},
-                              {"heartbeats", std::to_string(counting.heartbeats.load())}});
+                              {"heartbeats", std::to_string(counting.heartbeats.load())},
+                              {"resyncs_completed", std::to_string(r->stats().resyncs_completed)}});
     }
     if (resync_requested.exchange(false)) {
       // An operator's "catch up from the master" (e.g. after expired events were dead-lettered).

