@@ -62,6 +62,8 @@ struct ttl_fixture : master_fixture {
     o.cqrs_id = "t";
     REQUIRE_FALSE(m->register_table(o));
   }
+  // The master unsubscribes from its transport when destroyed: before `rec` goes.
+  ~ttl_fixture() { m.reset(); }
   void insert(int id) {
     REQUIRE_FALSE(txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
   }
