@@ -4,18 +4,23 @@
 // edgecqrs_example_replica --uri tcp://127.0.0.1:PORT --db replica.db --name NAME
 //   [--client-id ID] [--group G] [--summary FILE] [--mqtt 4|5] [--tls-ca F]
 //   [--user U --password P]
-// Runs until SIGTERM/SIGINT, then writes a key=value summary. Each reading row gets applied_ms
-// (wall clock, set by a trigger when the replica inserts it) so the driver can measure latency.
+// Runs until SIGTERM/SIGINT, then writes a key=value summary (and keeps "<summary>.live" with the
+// transport counters up to date while running); SIGUSR1 requests a re-sync of both streams from
+// the master. Each reading row gets applied_ms (wall clock, set by a trigger when the replica
+// inserts it) so the driver can measure latency.
 #include <sqlite3.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 
+#include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/ports/paho.hpp"
 #include "edgecqrs/replica.hpp"
@@ -24,7 +29,15 @@
 namespace {
 
 std::atomic<bool> stop_requested{false};
-void on_signal(int) { stop_requested.store(true); }
+std::atomic<bool> resync_requested{false};
+void on_resync_signal(int) { resync_requested.store(true); }
+std::atomic<int> stop_signal{0};
+std::atomic<long> stop_sender{0};
+void on_signal(int sig, siginfo_t* info, void*) {
+  stop_signal.store(sig);
+  stop_sender.store(info != nullptr ? static_cast<long>(info->si_pid) : 0L);
+  stop_requested.store(true);
+}
 
 const char* const ddl =
     "PRAGMA journal_mode=WAL;"
@@ -40,6 +53,41 @@ const char* const ddl =
     " avg(r.value) AS mean_value, max(r.taken_ms) AS last_taken_ms"
     " FROM device d LEFT JOIN reading r ON r.device_id = d.id GROUP BY d.id;";
 
+// Counts what arrives on the broadcast event topics (".../v1/e/...") before the replica sees it:
+// with a shared subscription each stream message reaches one worker only, so the workers' counts
+// add up to the master's. Everything else is forwarded unchanged.
+class counting_transport final : public edgecqrs::transport {
+ public:
+  explicit counting_transport(edgecqrs::transport& inner) : inner_(inner) {}
+  std::error_code publish(std::string_view topic, const std::uint8_t* data, std::size_t size,
+                          const edgecqrs::publish_options& opts,
+                          edgecqrs::publish_callback done) override {
+    return inner_.publish(topic, data, size, opts, std::move(done));
+  }
+  std::error_code subscribe(std::string_view filter, edgecqrs::message_callback cb) override {
+    return inner_.subscribe(filter, [this, cb = std::move(cb)](const edgecqrs::incoming_message& m) {
+      if (m.topic.find("/v1/e/") != std::string_view::npos) {
+        edgecqrs::message msg;
+        if (!edgecqrs::decode_message(m.data, m.size, msg)) {
+          stream_events.fetch_add(msg.events.size());
+          (msg.events.empty() ? heartbeats : stream_messages).fetch_add(1);
+        }
+      }
+      cb(m);
+    });
+  }
+  std::error_code unsubscribe(std::string_view filter) override {
+    return inner_.unsubscribe(filter);
+  }
+  bool connected() const override { return inner_.connected(); }
+  std::size_t max_in_flight() const override { return inner_.max_in_flight(); }
+
+  std::atomic<std::uint64_t> stream_messages{0}, stream_events{0}, heartbeats{0};
+
+ private:
+  edgecqrs::transport& inner_;
+};
+
 int fail(const char* what, std::error_code ec, const std::string& detail = {}) {
   std::fprintf(stderr, "replica: %s: %s%s%s\n", what, ec.message().c_str(),
                detail.empty() ? "" : ": ", detail.c_str());
@@ -54,8 +102,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s --uri URI --db PATH --name NAME [--group G] ...\n", argv[0]);
     return 2;
   }
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGINT, on_signal);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_signal;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::signal(SIGUSR1, on_resync_signal);
 
   sqlite3* db = nullptr;
   if (sqlite3_open(f.get("db").c_str(), &db) != SQLITE_OK) {
@@ -82,16 +135,38 @@ int main(int argc, char** argv) {
 
   edgecqrs::ports::paho_transport transport(
       example::transport_config(f, "dashboard-" + ro.name));
-  if (auto ec = r->attach(transport)) return fail("attach", ec);
+  counting_transport counting(transport);
+  if (auto ec = r->attach(counting)) return fail("attach", ec);
   if (auto ec = example::connect_with_retry(transport, std::chrono::seconds(15))) {
     return fail("connect", ec, transport.last_error_message());
   }
   std::fprintf(stderr, "replica %s: connected\n", ro.name.c_str());
+  // A live view of some counters (transport and replica stats are thread-safe), rewritten every
+  // ~200 ms to "<summary>.live", so a driver can wait on progress without stopping the replica.
+  const std::string live = f.has("summary") ? f.get("summary") + ".live" : std::string();
+  int tick = 0;
   while (!stop_requested.load()) {
+    if (!live.empty() && tick++ % 4 == 0) {
+      example::write_summary(live,
+                             {{"received", std::to_string(transport.stats().received)},
+                              {"stream_messages", std::to_string(counting.stream_messages.load())},
+                              {"stream_events", std::to_string(counting.stream_events.load())},
+                              {"heartbeats", std::to_string(counting.heartbeats.load())},
+                              {"resyncs_completed", std::to_string(r->stats().resyncs_completed)}});
+    }
+    if (resync_requested.exchange(false)) {
+      // An operator's "catch up from the master" (e.g. after expired events were dead-lettered).
+      for (const char* id : {"devices", "readings"}) {
+        if (auto ec = r->request_resync(id))
+          std::fprintf(stderr, "replica: resync %s: %s\n", id, ec.message().c_str());
+      }
+      std::fprintf(stderr, "replica %s: re-sync requested\n", ro.name.c_str());
+    }
     if (auto ec = r->poll()) std::fprintf(stderr, "replica: poll: %s\n", ec.message().c_str());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  std::fprintf(stderr, "replica %s: stopping (%s)\n", ro.name.c_str(),
+  std::fprintf(stderr, "replica %s: stopping on signal %d from pid %ld (%s)\n", ro.name.c_str(),
+               stop_signal.load(), stop_sender.load(),
                transport.last_error_message().c_str());
   // Detach first: no message may arrive while the replica goes away.
   transport.stop();
@@ -109,9 +184,13 @@ int main(int argc, char** argv) {
                           {"gaps_repaired", std::to_string(st.gaps_repaired)},
                           {"replay_requests", std::to_string(st.replay_requests)},
                           {"resync_requests", std::to_string(st.resync_requests)},
+                          {"resyncs_completed", std::to_string(st.resyncs_completed)},
                           {"dead_letters", std::to_string(dead)},
                           {"commit_failures", std::to_string(st.commit_failures)},
                           {"received", std::to_string(ts.received)},
+                          {"stream_messages", std::to_string(counting.stream_messages.load())},
+                          {"stream_events", std::to_string(counting.stream_events.load())},
+                          {"heartbeats", std::to_string(counting.heartbeats.load())},
                           {"unrouted", std::to_string(ts.unrouted)},
                           {"connects", std::to_string(ts.connects)},
                           {"peak_rss_kib", std::to_string(example::peak_rss_kib())}});

@@ -4,13 +4,17 @@
 // edgecqrs_example_master --uri tcp://127.0.0.1:PORT --db master.db [--client-id ID]
 //   [--rows 10000] [--batch 100] [--devices 20] [--updates 0] [--deletes 0]
 //   [--sync-to REPLICA] [--summary FILE] [--mqtt 4|5] [--tls-ca F] [--user U --password P]
-//   [--pace-ms 0] [--max-message-events N] [--linger]
+//   [--pace-ms 0] [--max-message-events N] [--linger] [--cache-kib 256] [--ttl-ms 0]
+//   [--window 8] [--max-message-bytes 32768]
 // Writes --rows readings (plus updates and deletes of some of them), waits until the broker has
 // acknowledged every event, writes a key=value summary and exits 0; non-zero on any failure.
 // --pace-ms sleeps between transactions; --max-message-events caps events per MQTT message;
 // --linger keeps publishing (heartbeats, answers to replay/re-sync requests) until SIGTERM.
+// --cache-kib bounds SQLite's page cache; --window and --max-message-bytes bound the publisher's
+// in-flight memory; --ttl-ms sets master_config::message_ttl_ms.
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -70,10 +74,22 @@ int main(int argc, char** argv) {
   if (f.has("max-message-events")) {
     mc.max_message_events = static_cast<std::size_t>(std::max(1LL, f.num("max-message-events", 1)));
   }
+  // Publisher memory: Paho C and Paho C++ each hold a copy of every message until its PUBACK, so
+  // in-flight payload is up to 2 x window x max_message_bytes (32 x 128 KiB by default: 8 MiB).
+  // 8 x 32 KiB (<= 512 KiB) still keeps ~1000-event messages flowing at full speed.
+  mc.window = static_cast<std::size_t>(std::max(1LL, f.num("window", 8)));
+  mc.max_message_bytes = static_cast<std::size_t>(std::max(1024LL, f.num("max-message-bytes", 32 * 1024)));
+  mc.message_ttl_ms = f.num("ttl-ms", 0);
   const long long pace_ms = f.num("pace-ms", 0);
   std::unique_ptr<edgecqrs::master> m;
   if (auto ec = edgecqrs::master::open(f.get("db"), mc, &transport, m)) return fail("open", ec);
   sqlite3* db = m->db();
+  // A device bounds SQLite's page cache: the default (2000 KiB per connection) fills up while the
+  // outbox takes 100k events and is most of this process's heap. 256 KiB keeps the outbox's hot
+  // pages (its tail and the publisher's cursor) cached; WAL keeps commits cheap without the rest.
+  const long long cache_kib = std::max(16LL, f.num("cache-kib", 256));
+  if (auto ec = exec(db, "PRAGMA cache_size=-" + std::to_string(cache_kib)))
+    return fail("cache_size", ec, sqlite3_errmsg(db));
   if (auto ec = exec(db, ddl)) return fail("schema", ec, sqlite3_errmsg(db));
   edgecqrs::table_options devs;
   devs.table = "device";

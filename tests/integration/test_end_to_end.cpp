@@ -10,8 +10,11 @@
 #include <thread>
 #include <vector>
 
+#include <csignal>
+
 #include <sqlite3.h>
 
+#include "edgecqrs/errors.hpp"
 #include "host_support.hpp"
 #include "mosquitto_fixture.hpp"
 #include "test_support.hpp"
@@ -229,34 +232,189 @@ TEST_CASE("TLS and username/password end to end and a wrong password is refused"
 }
 
 TEST_CASE("two replica workers on a shared subscription apply each event once") {
+  // Why this test used to see "worker 1 received nothing": converges() ran while the master was
+  // still starting, when both databases were empty, so it passed at once and worker 1 was
+  // terminated before the first event. Its persistent session (clean session off) stayed in the
+  // broker with its $share subscription, and mosquitto 2.0.11 keeps giving offline sessions their
+  // round-robin turn: about half of the stream was queued for the stopped worker, and worker 2
+  // got the rest plus gap repair. Now both workers are connected with their SUBACKs granted
+  // (start_replica waits for that) before the master starts, every event is acknowledged by the
+  // broker before anything is compared, and the comparison cannot pass on empty tables.
+  //
+  // The workers share one database. Worker 1 joins the streams first and completes the bootstrap
+  // re-sync a fresh replica asks for on its first schema; worker 2 then opens a database that
+  // already follows the streams and asks for none. Started together, both would bootstrap at
+  // once, and two re-sync sessions running in two processes on one database can remove live
+  // rows (each process completes its session without seeing the other's marks: seen here as
+  // ~800 of 2900 readings tombstoned, 2 runs in 3 under load). That is a replica limitation,
+  // reported, not something this test is about.
   scenario s;
   REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
   auto w1 = s.start_replica("dashboard", "dash-w1", "dashboard.db", {"--group", "dash"});
+  {
+    auto boot = s.start_master({"--rows", "0", "--linger"}, "master-boot");
+    CHECK(scenario::wait_until(
+        [&] { return summary_num(s.path("dash-w1.summary.live"), "resyncs_completed") >= 2; },
+        60s));
+    CHECK(boot->terminate() == 0);
+  }
   auto w2 = s.start_replica("dashboard", "dash-w2", "dashboard.db", {"--group", "dash"});
   // The master stays up (as a real one does) to answer the workers' gap repair requests.
   auto master = s.start_master({"--rows", "3000", "--batch", "10", "--max-message-events", "10",
                                 "--updates", "200", "--deletes", "100", "--linger"});
+  REQUIRE(scenario::wait_until(
+      [&] { return s.log("master").find("lingering") != std::string::npos || !master->running(); },
+      120s));
+  REQUIRE_MESSAGE(master->running(), s.log("master"));
+  // The workers apply serially while the broker keeps feeding them; each one's share of the
+  // stream is complete when their stream event counts add up to the master's (a message lost or
+  // given to both workers never gets there: the CHECK below then shows the sums).
+  // 20 device events from the bootstrap run (worker 1 alone), then 3300 reading events.
+  const long long expected_events = 20 + 3000 + 200 + 100;
+  const auto live_events = [&](const std::string& w) {
+    return summary_num(s.path(w + ".summary.live"), "stream_events");
+  };
+  scenario::wait_until(
+      [&] { return live_events("dash-w1") + live_events("dash-w2") >= expected_events; }, 60s);
   std::string why;
   CHECK_MESSAGE(s.converges("dashboard.db", 60s, &why), why);
+  const auto counts = example::query_rows(
+      s.path("dashboard.db"), "SELECT (SELECT count(*) FROM device), (SELECT count(*) FROM reading)");
+  REQUIRE(counts.size() == 1);
+  CHECK(counts.front() == "20|2900");
   CHECK(w1->terminate() == 0);
   CHECK(w2->terminate() == 0);
   CHECK(master->terminate() == 0);
-  std::printf("shared subscription: commit failures %lld + %lld, repair requests %lld + %lld\n",
-              summary_num(s.path("dash-w1.summary"), "commit_failures"),
-              summary_num(s.path("dash-w2.summary"), "commit_failures"),
-              summary_num(s.path("dash-w1.summary"), "replay_requests"),
-              summary_num(s.path("dash-w2.summary"), "replay_requests"));
-  const auto m1 = summary_num(s.path("dash-w1.summary"), "received");
-  const auto m2 = summary_num(s.path("dash-w2.summary"), "received");
-  std::printf("shared subscription: worker 1 got %lld messages, worker 2 got %lld\n", m1, m2);
-  CHECK(m1 + m2 > 0);
-  // Open finding (see the lead's report): in about half the runs mosquitto 2.0.11 delivers
-  // nothing at all to the first worker of this two-process setup although it is connected and
-  // its SUBACKs were granted; the other worker and gap repair still converge. The port-level
-  // test "shared subscription splits one stream between two workers" checks the split itself.
-  WARN_MESSAGE(m1 > 0, "worker 1 received nothing");
-  WARN_MESSAGE(m2 > 0, "worker 2 received nothing");
-  CHECK(summary_num(s.path("dash-w1.summary"), "dead_letters") == 0);
+  const auto w1s = s.path("dash-w1.summary");
+  const auto w2s = s.path("dash-w2.summary");
+  std::printf("shared subscription: commit failures %lld + %lld, repair requests %lld + %lld, "
+              "resync requests %lld + %lld\n",
+              summary_num(w1s, "commit_failures"), summary_num(w2s, "commit_failures"),
+              summary_num(w1s, "replay_requests"), summary_num(w2s, "replay_requests"),
+              summary_num(w1s, "resync_requests"), summary_num(w2s, "resync_requests"));
+  const auto m1 = summary_num(w1s, "received");
+  const auto m2 = summary_num(w2s, "received");
+  const auto a1 = summary_num(w1s, "events_applied");
+  const auto a2 = summary_num(w2s, "events_applied");
+  std::printf("shared subscription: worker 1 got %lld messages (%lld events applied), worker 2 "
+              "got %lld (%lld)\n", m1, a1, m2, a2);
+  // The broker split the stream: both workers got a share of it.
+  CHECK(m1 > 0);
+  CHECK(m2 > 0);
+  CHECK(a1 > 0);
+  CHECK(a2 > 0);
+  // Each event once: the broker handed every stream message to exactly one worker, so the
+  // events the workers got on the event topic add up to the master's (a message given to both,
+  // or lost, breaks the sum). No reconnect happened, so there was no QoS 1 redelivery either.
+  // (Each worker also sees the other's seqs as holes and fills them by replay on the direct
+  // topic, which is not shared: those copies are duplicates by version.)
+  const auto events = summary_num(s.path("master-boot.summary"), "events") +
+                      summary_num(s.path("master.summary"), "events");
+  CHECK(events == expected_events);
+  CHECK(summary_num(w1s, "connects") == 1);
+  CHECK(summary_num(w2s, "connects") == 1);
+  const auto e1 = summary_num(w1s, "stream_events");
+  const auto e2 = summary_num(w2s, "stream_events");
+  std::printf("shared subscription: stream events %lld + %lld of %lld\n", e1, e2, events);
+  CHECK(e1 > 0);
+  CHECK(e2 > 0);
+  CHECK(e1 + e2 == events);
+  CHECK(summary_num(w1s, "dead_letters") == 0);
+  CHECK(summary_num(w2s, "dead_letters") == 0);
+}
+
+namespace {
+
+// Dead letters of the readings stream with reason "expired", from the replica's database.
+long long expired_dead_letters(const std::string& replica_db) {
+  const auto rows = example::query_rows(
+      replica_db, "SELECT count(*) FROM edgecqrs_r_dead WHERE cqrs_id = 'readings' AND reason = " +
+                      std::to_string(static_cast<int>(edgecqrs::errc::expired)));
+  return rows.size() == 1 ? std::atoll(rows.front().c_str()) : -1;
+}
+
+long long reading_count(const std::string& db) {
+  const auto rows = example::query_rows(db, "SELECT count(*) FROM reading");
+  return rows.size() == 1 ? std::atoll(rows.front().c_str()) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("expired events dead-lettered (MQTT 3.1.1), an operator re-sync converges") {
+  // MQTT 3.1.1 has no message expiry: the broker keeps the queued events for the offline replica
+  // and delivers them late; the replica reads ext.expires (commit time + TTL) and dead-letters
+  // them with reason "expired", applying none. Their seqs count as handled, so gap repair does
+  // not fetch them: the replica stays behind until asked (SIGUSR1 -> request_resync), and then
+  // the re-sync (never expiring) converges it.
+  scenario s;
+  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  auto replica = s.start_replica("dashboard", "dash-ttl4", "dashboard.db");
+  s.run_master({"--rows", "100", "--batch", "50", "--ttl-ms", "1500"});
+  std::string why;
+  REQUIRE_MESSAGE(s.converges("dashboard.db", 30s, &why), why);
+  CHECK(replica->terminate() == 0);
+  // Offline: 400 more readings are acknowledged by the broker and queued for the session.
+  s.run_master({"--rows", "400", "--batch", "50", "--ttl-ms", "1500"}, "master2");
+  std::this_thread::sleep_for(2500ms);  // past the TTL of every one of them
+  replica = s.start_replica("dashboard", "dash-ttl4", "dashboard.db");
+  const auto db = s.path("dashboard.db");
+  REQUIRE(scenario::wait_until([&] { return expired_dead_letters(db) > 0; }, 30s));
+  // Every message of the second run arrives (the count is checked from the summary below) and
+  // is dead-lettered whole; nothing repairs the replica on its own meanwhile.
+  std::this_thread::sleep_for(2s);
+  CHECK(reading_count(db) == 100);
+  CHECK_FALSE(example::databases_agree(s.path("device.db"), db));
+  // Asked, the master (up again to answer) re-syncs the replica.
+  auto master = s.start_master({"--rows", "0", "--ttl-ms", "1500", "--linger"}, "master3");
+  REQUIRE(scenario::wait_until([&] { return s.log("master3").find("lingering") != std::string::npos ||
+                                            !master->running(); },
+                               60s));
+  REQUIRE(::kill(replica->pid(), SIGUSR1) == 0);
+  CHECK_MESSAGE(s.converges("dashboard.db", 60s, &why), why);
+  CHECK(reading_count(db) == 500);
+  CHECK(replica->terminate() == 0);
+  CHECK(master->terminate() == 0);
+  const auto sum = s.path("dash-ttl4.summary");
+  CHECK(summary_num(sum, "dead_letters") == expired_dead_letters(db));
+  CHECK(summary_num(sum, "stream_events") == 400);  // all the expired ones did arrive
+  CHECK(summary_num(sum, "resyncs_completed") >= 1);
+  std::printf("ttl (3.1.1): %lld expired messages dead-lettered, %lld stream events arrived\n",
+              expired_dead_letters(db), summary_num(sum, "stream_events"));
+}
+
+TEST_CASE("expired events dropped by the broker (MQTT 5 expiry), gap repair converges") {
+  // With MQTT 5 the master also sets the message expiry interval (time left, rounded up), so
+  // mosquitto drops the expired events from the offline replica's queue: none of them reaches
+  // the replica's event subscription and none is dead-lettered. The heartbeats of the master
+  // (kept up, as a real one is) announce the head, the replica sees the gap and its replay
+  // request brings the events on its direct topic (answers never expire): it converges on its own.
+  scenario s;
+  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  s.set_extra({"--mqtt", "5"});
+  auto replica = s.start_replica("dashboard", "dash-ttl5", "dashboard.db", {"--reorder-ms", "500"});
+  s.run_master({"--rows", "100", "--batch", "50", "--ttl-ms", "1500"});
+  std::string why;
+  REQUIRE_MESSAGE(s.converges("dashboard.db", 30s, &why), why);
+  CHECK(replica->terminate() == 0);
+  auto master = s.start_master({"--rows", "400", "--batch", "50", "--ttl-ms", "1500", "--linger"},
+                               "master2");
+  REQUIRE(scenario::wait_until([&] { return s.log("master2").find("lingering") != std::string::npos ||
+                                            !master->running(); },
+                               60s));
+  REQUIRE_MESSAGE(master->running(), s.log("master2"));
+  // mosquitto counts expiry in whole seconds: 2 s interval, checked with 1 s resolution.
+  std::this_thread::sleep_for(4s);
+  replica = s.start_replica("dashboard", "dash-ttl5", "dashboard.db", {"--reorder-ms", "500"});
+  CHECK_MESSAGE(s.converges("dashboard.db", 60s, &why), why);
+  CHECK(reading_count(s.path("dashboard.db")) == 500);
+  CHECK(replica->terminate() == 0);
+  CHECK(master->terminate() == 0);
+  const auto sum = s.path("dash-ttl5.summary");
+  CHECK(summary_num(sum, "stream_events") == 0);   // the broker dropped every expired one
+  CHECK(summary_num(sum, "dead_letters") == 0);
+  CHECK(summary_num(sum, "replay_requests") + summary_num(sum, "resync_requests") > 0);
+  std::printf("ttl (MQTT 5): replica repaired with %lld replay + %lld re-sync requests\n",
+              summary_num(sum, "replay_requests"), summary_num(sum, "resync_requests"));
 }
 
 TEST_CASE("direct sync reaches only the named replica") {

@@ -65,6 +65,13 @@ struct master_config {
   // Control requests queued between transport callback and poll(); more are dropped and counted
   // (replicas repeat their requests with backoff).
   std::size_t max_pending_control = 64;
+  // Message TTL (like django-cqrs CQRS_MESSAGE_TTL); 0: events never expire. A stream message
+  // expires this long after the commit of its oldest transaction: ext.expires = commit time +
+  // TTL, and with MQTT 5 the broker drops it too (message expiry interval = the time left,
+  // rounded up to whole seconds, at least 1). A replica dead-letters a message that arrives
+  // expired (reason "expired"). Heartbeats, schema messages and direct messages (manual sync,
+  // replay and re-sync answers: what repairs a replica after an expiry) never expire.
+  std::int64_t message_ttl_ms = 0;
 };
 
 // Row values handed to filters and serializer callbacks, in the order of the stream's columns.

@@ -1814,6 +1814,27 @@ std::error_code master::impl::publish_pending() {
       auto first_seq = static_cast<std::uint64_t>(sqlite3_column_int64(s, 3));
       std::uint64_t expect = first_seq;
       std::size_t events = 0;
+      std::int64_t oldest_commit_ms = INT64_MAX;  // message TTL counts from the oldest commit
+      // A stream record's body is one CBOR group [t0, events...]; t0 is its commit time (ms).
+      auto record_t0 = [](const std::uint8_t* p, std::size_t size, std::int64_t& t0) {
+        const std::uint8_t* end = p + size;
+        std::uint64_t arg[2] = {0, 0};
+        for (int item = 0; item < 2; ++item) {  // the array head, then t0
+          if (p >= end || (*p >> 5) != (item == 0 ? 4 : 0)) return false;
+          const int info = *p++ & 0x1f;
+          if (info < 24) {
+            arg[item] = static_cast<std::uint64_t>(info);
+            continue;
+          }
+          if (info > 27) return false;
+          const std::size_t len = std::size_t{1} << (info - 24);
+          if (static_cast<std::size_t>(end - p) < len) return false;
+          for (std::size_t i = 0; i < len; ++i) arg[item] = (arg[item] << 8) | *p++;
+        }
+        if (arg[1] > static_cast<std::uint64_t>(INT64_MAX)) return false;
+        t0 = static_cast<std::int64_t>(arg[1]);
+        return true;
+      };
       grpbuf.clear();
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
@@ -1827,6 +1848,9 @@ std::error_code master::impl::publish_pending() {
                                grpbuf.size() + n > cfg.max_message_bytes))
           break;
         auto* body = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
+        std::int64_t t0 = 0;
+        if (cfg.message_ttl_ms > 0 && record_t0(body, n, t0))
+          oldest_commit_ms = std::min(oldest_commit_ms, t0);
         grpbuf.insert(grpbuf.end(), body, body + n);
         m.ids.push_back(id);
         m.kinds.push_back(kind_stream);
@@ -1835,12 +1859,32 @@ std::error_code master::impl::publish_pending() {
         expect += ne;
         rc = sqlite3_step(s);
       }
+      message ttl_ext;
+      if (cfg.message_ttl_ms > 0) {
+        // A record whose t0 cannot be read (never: the master wrote it) expires from now.
+        const std::int64_t wall = clk->now_ms();
+        const std::int64_t base = oldest_commit_ms == INT64_MAX ? wall : oldest_commit_ms;
+        ttl_ext.expires_ms = base > INT64_MAX - cfg.message_ttl_ms ? INT64_MAX
+                                                                   : base + cfg.message_ttl_ms;
+        // MQTT 5: the broker drops it once the time left (rounded up, at least 1 s) has passed;
+        // already expired ones still go out, and the replica dead-letters them as "expired".
+        const std::int64_t left_ms = ttl_ext.expires_ms - wall;
+        const std::int64_t left_s = left_ms <= 0 ? 1 : (left_ms + 999) / 1000;
+        opts.expiry_interval_s = static_cast<std::uint32_t>(
+            std::min<std::int64_t>(left_s, INT32_MAX));
+      }
+      const bool has_ext = ttl_ext.expires_ms != 0;
       if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), false, b, c,
+            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), has_ext, b, c,
                                        w);
           }))
         return ec;
       msgbuf.insert(msgbuf.end(), grpbuf.begin(), grpbuf.end());
+      if (has_ext)
+        if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+              return encode_message_ext(ttl_ext, b, c, w);
+            }))
+          return ec;
       topic = t.event_topic;
     }
     sqlite3_reset(s);
