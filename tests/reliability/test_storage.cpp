@@ -157,6 +157,9 @@ class rig {
     clk_.advance(100);
   }
 
+  // Delivers what the broker holds (to the replica; acknowledgements to the master).
+  void step_broker() { broker_.pump_all(); }
+
   // Writes `n` rows with a `blob`-byte payload in one transaction through the API.
   std::error_code write(long long first_id, int n, int blob = 64) {
     return m_->transaction([&](sqlite3* db) -> std::error_code {
@@ -304,7 +307,7 @@ TEST_CASE("master: a statement undone by its own failure inside a transaction pu
   CHECK(dead_letters(g.r()) == 0);
 }
 
-TEST_CASE("master: SQLITE_BUSY waits up to the busy timeout, then fails clearly; acks survive") {
+TEST_CASE("master: SQLITE_BUSY waits up to the busy timeout, then fails clearly, and acks it could not record are resent") {
   rig g;
   REQUIRE_FALSE(g.write(1, 3));
   REQUIRE(g.drain());
@@ -337,6 +340,26 @@ TEST_CASE("master: SQLITE_BUSY waits up to the busy timeout, then fails clearly;
   CHECK_FALSE(has_id(g.m().db(), 20));
   REQUIRE(g.drain());
   CHECK_FALSE(has_id(g.rdb(), 20));
+  {
+    // The publisher records the broker's acknowledgements in the outbox: when that write meets
+    // the lock (short busy timeout here), poll() reports it, the records stay pending and are
+    // sent again (the replica skips the duplicates).
+    sqlite3_busy_timeout(g.m().db(), 200);
+    REQUIRE_FALSE(g.write(30, 3));
+    REQUIRE_FALSE(g.m().poll());  // published
+    g.step_broker();              // delivered, acknowledged to the publisher
+    writer_lock lock(g.mpath());
+    const auto ec = g.m().poll();
+    CHECK(ec == errc::sqlite_error);
+    CHECK(g.m().last_error_message().find("locked") != std::string::npos);
+    CHECK(g.m().stats().records_pending > 0);
+  }
+  sqlite3_busy_timeout(g.m().db(), 5000);
+  const auto dups = g.r().stats().duplicates;
+  REQUIRE(g.drain());
+  CHECK(g.m().stats().records_pending == 0);
+  CHECK(g.r().stats().duplicates > dups);
+  CHECK(has_id(g.rdb(), 32));
 }
 
 TEST_CASE("replica: SQLITE_FULL is not acknowledged, not dead-lettered, repaired when space returns") {
