@@ -1322,9 +1322,12 @@ struct replica::impl {
         ec = apply_event(*pl, m.events[0], c, o, detail);
         if (ec && sqlite3_get_autocommit(db)) return ec;  // rolled back by SQLite itself
         if (ec && ec != errc::handler_failed && storage_fault(sqlite3_errcode(db))) {
-          // Not the event's fault: the attempt is not counted; the next poll tries again.
+          // Not the event's fault: the attempt is not counted and the retry stays due; the next
+          // poll tries again. Counted and described (not_committed), but not a poll() error, so
+          // a daemon loop keeps running while the disk is full.
           exec(db, "ROLLBACK");
-          return not_committed(d.topic, detail);
+          (void)not_committed(d.topic, detail);
+          return {};
         }
         exec(db, ec ? "ROLLBACK TO ev" : "RELEASE ev");
         if (ec) exec(db, "RELEASE ev");
