@@ -18,6 +18,10 @@ bool long_run() {
   return v != nullptr && std::string(v) == "1";
 }
 
+int fault_count(int short_count, int long_count) {
+  return long_run() ? long_count : short_count;
+}
+
 std::uint64_t seed() {
   const char* v = std::getenv("EDGECQRS_SEED");
   return v != nullptr ? std::strtoull(v, nullptr, 10) : 20261123ULL;
@@ -139,6 +143,40 @@ void scenario::compare(figures& f) {
                      " main.reading m WHERE m.id = r.id)) + (SELECT count(*) FROM rep.device r"
                      " WHERE NOT EXISTS (SELECT 1 FROM main.device m WHERE m.id = r.id))");
   sqlite3_close(db);
+}
+
+void scenario::start_broker() { REQUIRE_MESSAGE(broker_.start(), broker_.error()); }
+
+std::unique_ptr<example::child> scenario::start_writer(long long rows, int batch, int pace_ms) {
+  return start_master({"--rows", std::to_string(rows), "--batch", std::to_string(batch),
+                       "--pace-ms", std::to_string(pace_ms), "--linger"});
+}
+
+void scenario::drain_and_check(figures& f, std::chrono::seconds limit) {
+  std::string why;
+  const bool agree = converges(limit, &why);
+  compare(f);
+  CHECK_MESSAGE(agree, why);
+}
+
+void scenario::finish_writer(example::child& writer, example::child& replica,
+                             const std::string& replica_id, figures& f,
+                             std::chrono::seconds limit) {
+  REQUIRE(wait_until(
+      [&] { return log("master").find("lingering") != std::string::npos || !writer.running(); },
+      limit));
+  REQUIRE_MESSAGE(writer.running(), log("master"));
+  drain_and_check(f);
+  CHECK(writer.terminate() == 0);
+  add_master_summary("master", f);
+  finish_replica(replica, replica_id, f);
+}
+
+void scenario::report(const figures& f, const char* name) {
+  f.print(name);
+  CHECK(f.lost == 0);
+  CHECK(f.phantom == 0);
+  CHECK(f.committed > 0);
 }
 
 std::string scenario::log(const std::string& tag) const {

@@ -18,6 +18,9 @@ namespace rel {
 
 // EDGECQRS_LONG=1 selects the long counts.
 bool long_run();
+// A scenario's fault count: `short_count` in the default suite, `long_count` (the issue's
+// count) with EDGECQRS_LONG=1.
+int fault_count(int short_count, int long_count);
 // A fixed seed unless EDGECQRS_SEED is set (printed by every scenario so a failure replays).
 std::uint64_t seed();
 
@@ -60,6 +63,22 @@ class scenario {
   bool converges(std::chrono::seconds limit, std::string* why);
   // committed, lost, phantom by comparing the two databases row by row.
   void compare(figures& f);
+
+  // ---- the steps every crash/outage scenario shares ----
+  // Starts the private mosquitto (REQUIREd).
+  void start_broker();
+  // The master writing `rows` rows in transactions of `batch` every `pace_ms`, then lingering
+  // (still publishing and answering replays) until terminated. Tag "master".
+  std::unique_ptr<example::child> start_writer(long long rows, int batch, int pace_ms);
+  // Waits (up to `limit`) for replica == master; counts committed, lost and phantom rows
+  // (CHECKs the agreement).
+  void drain_and_check(figures& f, std::chrono::seconds limit = std::chrono::seconds(90));
+  // After a writer from start_writer: waits until it wrote everything (it lingers, still
+  // running), drains, stops it and the replica gracefully and adds their summaries to f.
+  void finish_writer(example::child& writer, example::child& replica,
+                     const std::string& replica_id, figures& f, std::chrono::seconds limit);
+  // Prints the figures and checks the promises: lost == 0, phantom == 0, committed > 0.
+  static void report(const figures& f, const char* name);
   std::string log(const std::string& tag) const;
 
   static bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit);

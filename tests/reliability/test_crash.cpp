@@ -1,7 +1,8 @@
 // Crash and outage scenarios (issue 7, item 1): real processes (the example master and replica),
 // a real mosquitto, seeded random instants. Each prints committed, published, applied,
 // duplicates skipped, gaps repaired, lost and phantom, and requires lost == 0, phantom == 0 and
-// replica == master after draining. EDGECQRS_LONG=1: the long counts (50 / 20 / 10 faults).
+// replica == master after draining. EDGECQRS_LONG=1: the issue's counts (50 / 20 / 10 / 10).
+// The shared steps (broker, writer, drain, figures, checks) are scenario helpers.
 #include <doctest/doctest.h>
 
 #include <random>
@@ -14,32 +15,12 @@ using namespace std::chrono_literals;
 using rel::figures;
 using rel::scenario;
 
-namespace {
-
-// Waits for replica == master and counts committed, lost and phantom rows.
-void drain_and_check(scenario& s, figures& f) {
-  std::string why;
-  const bool agree = s.converges(90s, &why);
-  s.compare(f);
-  CHECK_MESSAGE(agree, why);
-}
-
-// Prints the figures (after the processes' summaries were added) and checks the promises.
-void report(const figures& f, const char* name) {
-  f.print(name);
-  CHECK(f.lost == 0);
-  CHECK(f.phantom == 0);
-  CHECK(f.committed > 0);
-}
-
-}  // namespace
-
 TEST_CASE("a: master killed with SIGKILL at random instants during a write loop") {
-  const int kills = rel::long_run() ? 50 : 10;
+  const int kills = rel::fault_count(10, 50);
   std::mt19937_64 rng(rel::seed());
   std::uniform_int_distribution<int> instant_ms(150, 900);
   scenario s;
-  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  s.start_broker();
   auto replica = s.start_replica("rep-a");
   figures f;
   for (int i = 0; i < kills; ++i) {
@@ -53,70 +34,54 @@ TEST_CASE("a: master killed with SIGKILL at random instants during a write loop"
   auto m = s.start_master({"--rows", "100", "--batch", "10"}, "final");
   REQUIRE_MESSAGE(m->wait(120s) == 0, s.log("final"));
   s.add_master_summary("final", f);
-  drain_and_check(s, f);
+  s.drain_and_check(f);
   s.finish_replica(*replica, "rep-a", f);
   std::printf("[reliability] master SIGKILL: %d kills\n", kills);
-  report(f, "master SIGKILL");
+  scenario::report(f, "master SIGKILL");
 }
 
 TEST_CASE("b: replica killed with SIGKILL mid-batch and restarted") {
-  const int kills = rel::long_run() ? 20 : 5;
+  const int kills = rel::fault_count(5, 20);
   std::mt19937_64 rng(rel::seed() + 1);
   std::uniform_int_distribution<int> instant_ms(200, 800);
   scenario s;
-  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  s.start_broker();
   auto replica = s.start_replica("rep-b");
   figures f;
   // Batches of 50 rows every 20 ms (about 6 s of writing): the replica is always in the middle of one.
-  auto m = s.start_master({"--rows", std::to_string(kills * 3000), "--batch", "50", "--pace-ms",
-                           "20", "--linger"});
+  auto m = s.start_writer(kills * 3000LL, 50, 20);
   for (int i = 0; i < kills; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
     scenario::kill9(*replica);
     replica = s.start_replica("rep-b");
   }
-  REQUIRE(scenario::wait_until(
-      [&] { return s.log("master").find("lingering") != std::string::npos || !m->running(); },
-      120s));
-  REQUIRE_MESSAGE(m->running(), s.log("master"));
-  drain_and_check(s, f);
-  CHECK(m->terminate() == 0);
-  s.add_master_summary("master", f);
-  s.finish_replica(*replica, "rep-b", f);
+  s.finish_writer(*m, *replica, "rep-b", f, 120s);
   std::printf("[reliability] replica SIGKILL: %d kills (applied/duplicates: last, graceful replica run)\n", kills);
-  report(f, "replica SIGKILL");
+  scenario::report(f, "replica SIGKILL");
 }
 
 namespace {
 
 void broker_restarts(bool persistence) {
-  const int restarts = rel::long_run() ? 10 : 3;
+  const int restarts = rel::fault_count(3, 10);
   std::mt19937_64 rng(rel::seed() + (persistence ? 2 : 3));
   std::uniform_int_distribution<int> instant_ms(300, 1200);
   edgecqrs::test::broker_options o;
   o.persistence = persistence;
   scenario s(o);
-  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  s.start_broker();
   auto replica = s.start_replica("rep-c");
   figures f;
-  auto m = s.start_master({"--rows", std::to_string(restarts * 1500), "--batch", "10",
-                           "--pace-ms", "10", "--linger"});
+  auto m = s.start_writer(restarts * 1500LL, 10, 10);
   for (int i = 0; i < restarts; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
     s.broker().stop();
     std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
     REQUIRE_MESSAGE(s.broker().restart(persistence), s.broker().error());
   }
-  REQUIRE(scenario::wait_until(
-      [&] { return s.log("master").find("lingering") != std::string::npos || !m->running(); },
-      180s));
-  REQUIRE_MESSAGE(m->running(), s.log("master"));
-  drain_and_check(s, f);
-  CHECK(m->terminate() == 0);
-  s.add_master_summary("master", f);
-  s.finish_replica(*replica, "rep-c", f);
+  s.finish_writer(*m, *replica, "rep-c", f, 180s);
   std::printf("[reliability] %d broker restarts\n", restarts);
-  report(f, persistence ? "broker restart (persistence on)" : "broker restart (persistence off)");
+  scenario::report(f, persistence ? "broker restart (persistence on)" : "broker restart (persistence off)");
 }
 
 }  // namespace
@@ -130,18 +95,17 @@ TEST_CASE("c2: broker stopped and restarted during a stream, persistence off (ga
 }
 
 TEST_CASE("d: fault-injecting proxy stalls, cuts and half-closes connections") {
-  const int rounds = rel::long_run() ? 10 : 2;
+  const int rounds = rel::fault_count(2, 10);
   std::mt19937_64 rng(rel::seed() + 4);
   std::uniform_int_distribution<int> instant_ms(300, 900);
   scenario s;
-  REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
+  s.start_broker();
   rel::fault_proxy proxy(s.broker().port());
   REQUIRE(proxy.start());
   s.set_uri(proxy.uri());
   auto replica = s.start_replica("rep-d");
   figures f;
-  auto m = s.start_master({"--rows", std::to_string(rounds * 3000), "--batch", "10", "--pace-ms",
-                           "5", "--linger"});
+  auto m = s.start_writer(rounds * 3000LL, 10, 5);
   for (int i = 0; i < rounds; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
     proxy.stall(true);  // a partition: sockets open, nothing moves
@@ -156,14 +120,7 @@ TEST_CASE("d: fault-injecting proxy stalls, cuts and half-closes connections") {
     std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
     proxy.refuse(false);
   }
-  REQUIRE(scenario::wait_until(
-      [&] { return s.log("master").find("lingering") != std::string::npos || !m->running(); },
-      180s));
-  REQUIRE_MESSAGE(m->running(), s.log("master"));
-  drain_and_check(s, f);
-  CHECK(m->terminate() == 0);
-  s.add_master_summary("master", f);
-  s.finish_replica(*replica, "rep-d", f);
+  s.finish_writer(*m, *replica, "rep-d", f, 180s);
   std::printf("[reliability] fault proxy: %d rounds, %llu proxied connections\n", rounds, proxy.connections());
-  report(f, "fault proxy");
+  scenario::report(f, "fault proxy");
 }

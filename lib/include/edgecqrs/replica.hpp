@@ -210,7 +210,8 @@ class replica {
   // Pending retries (failed events waiting for their next attempt).
   EDGECQRS_API std::error_code pending_retries(std::size_t& out) const;
 
-  // The last schema problem (missing required column, rejected unknown column), readable.
+  // The last schema problem (missing required column, rejected unknown column) or the last
+  // message that could not be committed (storage fault: disk full, database locked), readable.
   EDGECQRS_API std::string last_error() const;
 
   struct impl;

@@ -591,7 +591,17 @@ struct master::impl {
   std::size_t cached_bytes = 0;
   std::array<std::string, 4> clean_sql;  // statement texts on_trace found without "rollback"
   std::size_t clean_next = 0;
+  std::size_t stmt_hook_rows = 0;  // captured row changes since the last statement ended
   static int on_trace(unsigned type, void* ctx, void*, void* x) {
+    if (type == SQLITE_TRACE_PROFILE) {
+      // A statement that fails (constraint, SQLITE_FULL...) is undone by SQLite without telling
+      // the hooks, while the transaction goes on; its change count is then 0. Conservative like
+      // ROLLBACK TO: commit re-reads rows instead of trusting the cached final values.
+      auto* m = static_cast<impl*>(ctx);
+      if (m->stmt_hook_rows != 0 && sqlite3_changes(m->db) == 0) m->rollback_to_seen = true;
+      m->stmt_hook_rows = 0;
+      return 0;
+    }
     if (type != SQLITE_TRACE_STMT || !x) return 0;
     // Conservative: any statement mentioning ROLLBACK (even in a comment or a literal) makes
     // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
@@ -625,6 +635,7 @@ struct master::impl {
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
     table_state* t = m->lookup_table(ztab);
     if (!t || !t->produce) return;
+    ++m->stmt_hook_rows;
     std::size_t npk = t->pk_table_cols.size();
     bool fresh = false;
     if (op == SQLITE_DELETE || op == SQLITE_UPDATE) {
@@ -907,7 +918,7 @@ void master::impl::install_hooks() {
   sqlite3_rollback_hook(db, &impl::on_rollback, this);
   sqlite3_set_authorizer(db, &impl::on_authorize, this);
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  sqlite3_trace_v2(db, SQLITE_TRACE_STMT, &impl::on_trace, this);
+  sqlite3_trace_v2(db, SQLITE_TRACE_STMT | SQLITE_TRACE_PROFILE, &impl::on_trace, this);
 #endif
 }
 

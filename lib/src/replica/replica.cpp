@@ -166,6 +166,20 @@ void raise_checkpoint(progress& p, std::uint64_t to) {
 
 bool has_gap(const progress& p) { return !p.seen.empty() || p.head > p.checkpoint; }
 
+// A storage fault (disk full, I/O error, lock not obtained within the busy timeout, out of
+// memory, read-only file) is no fault of the event being applied: the whole message is left
+// uncommitted instead of being retried per event or dead-lettered, and gap repair fetches it
+// again once the database accepts writes (tests/reliability/README.md, "Storage faults").
+bool storage_fault(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_BUSY: case SQLITE_LOCKED:
+    case SQLITE_NOMEM: case SQLITE_READONLY: case SQLITE_CANTOPEN: case SQLITE_PROTOCOL:
+      return true;
+    default:
+      return false;
+  }
+}
+
 std::error_code sql_error(sqlite3* db, std::string& detail) {
   detail = sqlite3_errmsg(db);
   return make_error_code(errc::sqlite_error);
@@ -423,7 +437,7 @@ struct replica::impl {
                                       std::error_code reason, std::string_view detail,
                                       const std::uint8_t* data, std::size_t size,
                                       std::int64_t existing_id, stream* s, const progress* p) {
-    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
+    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
     std::error_code ec = put_dead_letter(cqrs_id, topic, {}, reason, detail.empty()
                                              ? std::string_view(reason.message())
                                              : detail,
@@ -431,9 +445,9 @@ struct replica::impl {
     if (!ec && s && p) ec = save_stream(*s, *p);
     if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
     if (ec) {
+      const std::string why = sqlite3_errmsg(db);
       exec(db, "ROLLBACK");
-      ++st.commit_failures;
-      return ec;
+      return not_committed(topic, why);
     }
     if (s && p) s->prog = *p;
     return reason;
@@ -862,7 +876,7 @@ struct replica::impl {
     const bool reset = s.has_incarnation && s.incarnation != sch.incarnation;
     progress p = s.prog;
     if (reset) p = progress{};
-    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
+    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
     std::error_code ec;
     {
       reset_guard g(q_schema_put);
@@ -905,11 +919,11 @@ struct replica::impl {
     if (!ec) ec = save_stream(s, p);
     if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
     if (ec) {
+      const std::string why = sqlite3_errmsg(db);
       exec(db, "ROLLBACK");
       s.incarnation = old_inc;
       s.has_incarnation = old_has;
-      ++st.commit_failures;
-      return ec;
+      return not_committed(topic, why);
     }
     s.prog = p;
     for (auto it = plans.begin(); it != plans.end();)
@@ -932,6 +946,17 @@ struct replica::impl {
       while (q.step() == SQLITE_ROW) to_retry.push_back(q.col_int(0));
     }
     return {};
+  }
+
+  // A message that could not be made durable (BEGIN, an apply step or COMMIT failed for a
+  // storage reason): counted, described in last_error(); the caller rolled back.
+  std::error_code not_committed(std::string_view topic, std::string why = {},
+                                std::error_code ec = make_error_code(errc::sqlite_error)) {
+    if (why.empty()) why = sqlite3_errmsg(db);
+    ++st.commit_failures;
+    last_error = "message on '" + std::string(topic) +
+                 "' not committed (gap repair fetches it again): " + why;
+    return ec;
   }
 
   void update_gap_state(stream& s) {
@@ -998,13 +1023,13 @@ struct replica::impl {
     }
     if (n == 0 && !(m.has_resync && direct)) {
       if (p.head == s.prog.head) return {};
-      if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
+      if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
       std::error_code ec = save_stream(s, p);
       if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
       if (ec) {
+        const std::string why = sqlite3_errmsg(db);
         exec(db, "ROLLBACK");
-        ++st.commit_failures;
-        return ec;
+        return not_committed(topic, why);
       }
       s.prog = p;
       update_gap_state(s);
@@ -1079,6 +1104,7 @@ struct replica::impl {
     apply_ctx c;
     c.direct = direct;
     c.session = session;
+    bool storage = false;
     auto run = [&](bool per_event) -> std::error_code {
       delta = replica_stats{};
       for (std::size_t i = 0; i < n; ++i) {
@@ -1087,6 +1113,10 @@ struct replica::impl {
         if (per_event && exec(db, "SAVEPOINT ev") != SQLITE_OK)
           return make_error_code(errc::sqlite_error);
         std::error_code ec = apply_event(*pl, m.events[i], c, o, detail);
+        if (ec && ec != errc::handler_failed && storage_fault(sqlite3_errcode(db))) {
+          storage = true;
+          return ec;
+        }
         if (ec && !per_event) return ec;
         if (ec) {
           // SQLITE_FULL, IOERR, NOMEM and BUSY may roll the whole transaction back on their
@@ -1110,22 +1140,24 @@ struct replica::impl {
       if (auto ec = save_stream(s, p)) return ec;
       return {};
     };
-    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
+    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
     const replica_stats saved = st;
     std::error_code ec = run(false);
-    if (ec) {
+    if (ec && !storage) {
       // Slow path: one savepoint per event, failures go to the retry table.
       exec(db, "ROLLBACK");
       st = saved;
-      if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return make_error_code(errc::sqlite_error);
+      if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
       ec = run(true);
     }
     if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
     if (ec) {
+      // Never acknowledged as applied: the checkpoint did not move, so the sequence has a hole
+      // that gap repair fills (a storage fault, or a failure to record a retry).
+      const std::string why = storage ? detail : std::string(sqlite3_errmsg(db));
       exec(db, "ROLLBACK");
       st = saved;
-      ++st.commit_failures;
-      return ec;
+      return not_committed(topic, why, ec);
     }
     st.events_applied += delta.events_applied;
     st.skipped_stale += delta.skipped_stale;
@@ -1289,6 +1321,14 @@ struct replica::impl {
         }
         ec = apply_event(*pl, m.events[0], c, o, detail);
         if (ec && sqlite3_get_autocommit(db)) return ec;  // rolled back by SQLite itself
+        if (ec && ec != errc::handler_failed && storage_fault(sqlite3_errcode(db))) {
+          // Not the event's fault: the attempt is not counted and the retry stays due; the next
+          // poll tries again. Counted and described (not_committed), but not a poll() error, so
+          // a daemon loop keeps running while the disk is full.
+          exec(db, "ROLLBACK");
+          (void)not_committed(d.topic, detail);
+          return {};
+        }
         exec(db, ec ? "ROLLBACK TO ev" : "RELEASE ev");
         if (ec) exec(db, "RELEASE ev");
       }

@@ -1,0 +1,159 @@
+// Fuzz target: the dump-file reader of `edgecqrs load` (docs/operations.md). The input is a
+// dump file: an RFC 8742 CBOR sequence ["edgecqrs-dump", 1, schema] then sync messages. It is
+// read through the CLI's own reader (cbor_seq_reader, from an in-memory file) with a small
+// item bound so the "too large" path is reachable, and applied to a replica the way run_load
+// does it (schema on the schema topic, each sync message on the direct topic).
+// Asserts: every item the reader returns is exactly the input's bytes at its offset, offsets
+// only grow and items tile the input; a clean end consumed everything; an error has a reason;
+// the reader's buffer stays bounded; the replica keeps
+// working (a valid sync event applies afterwards, never failing for a database reason).
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common.hpp"
+#include "edgecqrs/clock.hpp"
+#include "edgecqrs/codec.hpp"
+#include "edgecqrs/errors.hpp"
+#include "edgecqrs/event.hpp"
+#include "edgecqrs/replica.hpp"
+
+namespace {
+
+using bytes = std::vector<std::uint8_t>;
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "fuzz_dump: %s\n", what);
+  std::abort();
+}
+
+// The item bound of the reader: small, so inputs of a few KiB reach the "too large" path.
+constexpr std::size_t max_item = 1024;
+
+bool header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s,
+                   std::size_t& sn) {
+  static const char magic[] = "\x83\x6d" "edgecqrs-dump" "\x01";
+  const std::size_t m = sizeof magic - 1;
+  if (n <= m || std::memcmp(p, magic, m) != 0) return false;
+  s = p + m;
+  sn = n - m;
+  return true;
+}
+
+bytes encode(const edgecqrs::message& m) {
+  std::size_t n = 0;
+  if (edgecqrs::encode_message(m, nullptr, 0, n)) fail("encode probe");
+  bytes b(n);
+  if (edgecqrs::encode_message(m, b.data(), b.size(), n)) fail("encode probe");
+  return b;
+}
+
+struct state {
+  sqlite3* db = nullptr;
+  edgecqrs::fake_clock clk;
+  std::unique_ptr<edgecqrs::replica> r;
+  std::int64_t probes = 0;
+  state() {
+    if (sqlite3_open(":memory:", &db) != SQLITE_OK) std::abort();
+    sqlite3_exec(db, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)",
+                 nullptr, nullptr, nullptr);
+    edgecqrs::replica_options ro;
+    ro.name = "gw1";
+    ro.time = &clk;
+    ro.max_dead_letters = 64;
+    ro.max_pending_retries = 64;
+    if (edgecqrs::replica::open(db, ro, r)) std::abort();
+    edgecqrs::replica_table_options t;
+    t.local_table = "items";
+    if (r->register_table("items", t)) std::abort();
+  }
+  // A sync event of the schema the dump carried (when it was accepted) must apply or be
+  // refused for a reason of its own, never for a database failure.
+  void probe(std::uint32_t tag) {
+    edgecqrs::message m;
+    m.schema_tag = tag;
+    m.target = "gw1";
+    edgecqrs::event e;
+    e.kind = edgecqrs::event_kind::sync;
+    e.row_version = static_cast<std::uint64_t>(++probes);
+    e.updated_ms = 1763800000000;
+    e.values = {edgecqrs::value::integer(1000000 + probes % 1000), edgecqrs::value::text("p"),
+                edgecqrs::value::integer(1)};
+    m.events.push_back(e);
+    const auto b = encode(m);
+    const auto ec = r->on_message("edgecqrs/v1/d/gw1/items", b.data(), b.size());
+    if (ec == edgecqrs::errc::apply_failed || ec == edgecqrs::errc::sqlite_error)
+      fail("a valid sync event failed for a database reason after a dump");
+  }
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  static state* st = new state();
+  if (size > 65536) return 0;
+  // The reader opens a path, as `edgecqrs load -i FILE` does: an in-memory file (memfd)
+  // holds the input and is opened by its /proc/self/fd name.
+  static const int fd = memfd_create("edgecqrs-dump", 0);
+  if (fd < 0 || ftruncate(fd, 0) != 0) fail("memfd");
+  for (std::size_t done = 0; done < size;) {
+    const ssize_t w = pwrite(fd, data + done, size - done, static_cast<off_t>(done));
+    if (w <= 0) fail("memfd write");
+    done += static_cast<std::size_t>(w);
+  }
+  edgecqrs::cli::cbor_seq_reader in(max_item);
+  if (in.open("/proc/self/fd/" + std::to_string(fd))) fail("open");
+
+  const std::uint8_t* item = nullptr;
+  std::size_t len = 0;
+  std::uint64_t off = 0, expect_off = 0;
+  std::error_code ec;
+  std::uint32_t tag = 0;
+  bool have_schema = false;
+  const std::string schema_topic = "edgecqrs/v1/s/items";
+  const std::string direct_topic = "edgecqrs/v1/d/gw1/items";
+  int r = 0;
+  for (std::size_t index = 0; index < 4096; ++index) {
+    r = in.next(item, len, off, ec);
+    if (r != 1) break;
+    // The reader hands back exactly the file's bytes, in order, with no gap or overlap.
+    if (off != expect_off || len == 0 || off + len > size ||
+        std::memcmp(item, data + off, len) != 0)
+      fail("reader returned bytes that are not the input's at their offset");
+    // Bounded memory: the reader buffers at most its bound plus one 64 KiB read (an item that
+    // arrived whole in one read is returned even above the bound; the decoder's own size limit
+    // refuses it then).
+    if (len > max_item + 65536) fail("reader returned an item beyond its buffer bound");
+    expect_off = off + len;
+    if (index == 0) {
+      const std::uint8_t* sb = nullptr;
+      std::size_t sn = 0;
+      edgecqrs::schema sch;
+      if (!header_schema(item, len, sb, sn) || edgecqrs::decode_schema(sb, sn, sch)) break;
+      if (sch.cqrs_id != "items") break;  // run_load: a stream the config does not list
+      if (st->r->on_message(schema_topic, sb, sn)) break;
+      tag = sch.schema_tag;
+      have_schema = true;
+      continue;
+    }
+    edgecqrs::message m;
+    if (edgecqrs::decode_message(item, len, m)) continue;    // skipped, counted as bad
+    if (m.first_seq != 0 || m.schema_tag != tag) continue;  // not a sync of the dump's schema
+    (void)st->r->on_message(direct_topic, item, len);
+  }
+  if (r == 0 && expect_off != size) fail("clean end before the end of the input");
+  if (r < 0 && !ec) fail("reader error without a reason");
+  st->clk.advance(1000);
+  (void)st->r->poll();
+  if (have_schema) st->probe(tag);
+  return 0;
+}
