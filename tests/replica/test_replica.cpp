@@ -581,6 +581,66 @@ TEST_CASE("expired messages are dead-lettered; an operator retry applies them") 
   CHECK_FALSE(f.send(m));
 }
 
+TEST_CASE("an expired stream message schedules one re-sync reaching past it, kept across a restart") {
+  fixture f;
+  f.open();
+  f.ready();
+  message m1 = msg(f.sch, 1, {save(1, {I(1), T("a"), I(1)})});
+  m1.expires_ms = f.clk.now_ms() - 1;
+  CHECK(f.send(m1) == make_error_code(errc::expired));
+  auto c = f.tp.take_controls();
+  REQUIRE(c.size() == 1);  // asked at once, without an operator
+  CHECK(c[0].op == control_op::resync);
+  stream_status ss;
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.resync_pending);
+  // A second expired message while the re-sync is pending is coalesced into it.
+  message m2 = msg(f.sch, 2, {save(1, {I(2), T("b"), I(1)}), save(1, {I(3), T("c"), I(1)})});
+  m2.expires_ms = f.clk.now_ms() - 1;
+  CHECK(f.send(m2) == make_error_code(errc::expired));
+  CHECK(f.tp.take_controls().empty());
+  CHECK_FALSE(f.r->poll());
+  CHECK(f.tp.take_controls().empty());  // backoff: not yet
+  std::size_t n = 0;
+  REQUIRE_FALSE(f.r->dead_letter_count(n));
+  CHECK(n == 2);  // still dead letters with reason "expired"
+  // A restart before any answer: the wanted re-sync is persisted and asked for again.
+  f.open();
+  CHECK_FALSE(f.r->poll());
+  c = f.tp.take_controls();
+  REQUIRE(c.size() == 1);
+  CHECK(c[0].op == control_op::resync);
+  // A session that read the master before seq 3 does not satisfy it: asked again at once.
+  message early = msg(f.sch, 0, {sync(1, {I(1), T("a"), I(1)})});
+  early.has_resync = true;
+  early.resync = {21, 1, 0, true};
+  CHECK_FALSE(f.send_direct(early));
+  c = f.tp.take_controls();
+  REQUIRE(c.size() == 1);
+  CHECK(c[0].op == control_op::resync);
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.resync_pending);
+  // One reaching past it converges the replica and ends the requests.
+  message p0 = msg(f.sch, 0, {sync(1, {I(1), T("a"), I(1)}), sync(1, {I(2), T("b"), I(1)})});
+  p0.has_resync = true;
+  p0.resync = {22, 3, 0, false};
+  message p1 = msg(f.sch, 0, {sync(1, {I(3), T("c"), I(1)})});
+  p1.has_resync = true;
+  p1.resync = {22, 3, 1, true};
+  CHECK_FALSE(f.send_direct(p0));
+  CHECK_FALSE(f.send_direct(p1));
+  CHECK(f.rows() == std::vector<std::string>{"1|'a'|1", "2|'b'|1", "3|'c'|1"});
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK_FALSE(ss.resync_pending);
+  CHECK(ss.checkpoint == 3);
+  f.clk.advance(3600 * 1000);
+  CHECK_FALSE(f.r->poll());
+  CHECK(f.tp.take_controls().empty());
+  f.open();  // and after a restart too
+  CHECK_FALSE(f.r->poll());
+  CHECK(f.tp.take_controls().empty());
+}
+
 TEST_CASE("undecodable and invalid messages are dead-lettered whole, never partially applied") {
   fixture f;
   f.open();
