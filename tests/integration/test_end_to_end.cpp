@@ -241,12 +241,15 @@ TEST_CASE("two replica workers on a shared subscription apply each event once") 
   // (start_replica waits for that) before the master starts, every event is acknowledged by the
   // broker before anything is compared, and the comparison cannot pass on empty tables.
   //
-  // The workers share one database and start together on a fresh one: both see each stream's
-  // schema as their first contact and ask for a bootstrap re-sync while the master writes, and
-  // both receive both sessions (the direct topic is not shared). The database holds the one
-  // running session; the other process's session is ignored, so its marks cannot make the
-  // running session's sweep remove live rows (before that, ~800 of 2900 readings were
-  // tombstoned in 2 runs of 3 under load; docs/replication.md §4).
+  // The workers share one database and start together on a fresh one, while the master writes.
+  // Before the fix each process asked for its own bootstrap re-sync of each stream and
+  // completed both sessions (both get the direct topic, which is not shared) without seeing the
+  // other's row marks: ~800 of 2900 readings were tombstoned in 2 runs of 3 under load. Now the
+  // first contact is decided in the database (one request per stream), every write re-reads the
+  // persisted stream state, and the database holds the one running session, so a competing one
+  // (an operator request, a restart) is ignored instead of spoiling the sweep
+  // (docs/replication.md §4; tests/replica/test_shared_db.cpp runs the competing sessions
+  // deterministically).
   scenario s;
   REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
   auto w1 = s.start_replica("dashboard", "dash-w1", "dashboard.db", {"--group", "dash"});
