@@ -185,6 +185,7 @@ int main(int argc, char** argv) {
                           {"replay_requests", std::to_string(st.replay_requests)},
                           {"resync_requests", std::to_string(st.resync_requests)},
                           {"resyncs_completed", std::to_string(st.resyncs_completed)},
+                          {"rows_removed_by_resync", std::to_string(st.rows_removed_by_resync)},
                           {"dead_letters", std::to_string(dead)},
                           {"commit_failures", std::to_string(st.commit_failures)},
                           {"received", std::to_string(ts.received)},

@@ -428,6 +428,65 @@ TEST_CASE("a re-sync with a lost part is requested again and removes nothing") {
   CHECK(c[0].op == control_op::resync);
 }
 
+TEST_CASE("one running re-sync session: a competing one is ignored, a stalled one is taken over") {
+  fixture f;
+  f.open();
+  f.ready();
+  CHECK_FALSE(f.send(msg(f.sch, 1, {save(1, {I(1), T("a"), I(1)}), save(1, {I(2), T("b"), I(1)})})));
+  auto part = [&](std::uint64_t session, std::uint64_t upto, std::uint64_t n, bool last,
+                  std::vector<event> evs) {
+    message m = msg(f.sch, 0, std::move(evs));
+    m.has_resync = true;
+    m.resync = {session, upto, n, last};
+    return m;
+  };
+  // Session 30 runs (part 0 of 2: its last part never comes).
+  CHECK_FALSE(f.send_direct(part(30, 2, 0, false, {sync(1, {I(1), T("a"), I(1)})})));
+  // Session 31 competes: ignored whole, also its last part (which would otherwise remove row 2,
+  // marked by no session of its own).
+  const auto ignored = f.r->stats().ignored;
+  CHECK_FALSE(f.send_direct(part(31, 2, 0, false, {sync(1, {I(1), T("a"), I(1)})})));
+  CHECK_FALSE(f.send_direct(part(31, 2, 1, true, {sync(5, {I(9), T("z"), I(1)})})));
+  CHECK(f.r->stats().ignored == ignored + 2);
+  CHECK(f.r->stats().rows_removed_by_resync == 0);
+  CHECK(f.rows() == std::vector<std::string>{"1|'a'|1", "2|'b'|1"});
+  stream_status ss;
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.resync_session == 30);
+  // After the stall time without a part of session 30, a new session takes over and completes.
+  f.clk.advance(11000);
+  CHECK_FALSE(f.send_direct(part(32, 2, 0, true, {sync(1, {I(1), T("a"), I(1)})})));
+  CHECK(f.rows() == std::vector<std::string>{"1|'a'|1"});  // row 2 is gone on the master
+  CHECK(f.r->stats().rows_removed_by_resync == 1);
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.resync_session == 32);
+  // A late last part of the stalled session 30 is ignored (it would remove row 1).
+  CHECK_FALSE(f.send_direct(part(30, 2, 1, true, {})));
+  CHECK(f.rows() == std::vector<std::string>{"1|'a'|1"});
+}
+
+TEST_CASE("a database from before re-sync ownership is migrated on open") {
+  fixture f;
+  REQUIRE(sqlite3_exec(f.db,
+                       "CREATE TABLE edgecqrs_r_streams(sid INTEGER PRIMARY KEY, cqrs_id TEXT UNIQUE"
+                       " NOT NULL, incarnation BLOB, checkpoint INTEGER NOT NULL DEFAULT 0, head"
+                       " INTEGER NOT NULL DEFAULT 0, seen BLOB, resync_session INTEGER NOT NULL"
+                       " DEFAULT 0, resync_parts INTEGER NOT NULL DEFAULT 0);"
+                       "INSERT INTO edgecqrs_r_streams(cqrs_id, checkpoint, head) VALUES('items', 7, 9)",
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  f.open();
+  stream_status ss;
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.checkpoint == 7);
+  CHECK(ss.head == 9);
+  CHECK(one(f.db, "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams') WHERE name IN"
+                  " ('resync_at_ms','resync_done','resync_done_upto','resync_skip','resync_want')") ==
+        "5");
+  f.open();  // a second open finds it migrated
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.checkpoint == 7);
+}
+
 TEST_CASE("a new master incarnation resets the stream and re-syncs") {
   fixture f;
   f.open();
@@ -579,6 +638,66 @@ TEST_CASE("expired messages are dead-lettered; an operator retry applies them") 
   m.expires_ms = f.clk.now_ms() + 1000;
   m.first_seq = 2;
   CHECK_FALSE(f.send(m));
+}
+
+TEST_CASE("an expired stream message schedules one re-sync reaching past it, kept across a restart") {
+  fixture f;
+  f.open();
+  f.ready();
+  message m1 = msg(f.sch, 1, {save(1, {I(1), T("a"), I(1)})});
+  m1.expires_ms = f.clk.now_ms() - 1;
+  CHECK(f.send(m1) == make_error_code(errc::expired));
+  auto c = f.tp.take_controls();
+  REQUIRE(c.size() == 1);  // asked at once, without an operator
+  CHECK(c[0].op == control_op::resync);
+  stream_status ss;
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.resync_pending);
+  // A second expired message while the re-sync is pending is coalesced into it.
+  message m2 = msg(f.sch, 2, {save(1, {I(2), T("b"), I(1)}), save(1, {I(3), T("c"), I(1)})});
+  m2.expires_ms = f.clk.now_ms() - 1;
+  CHECK(f.send(m2) == make_error_code(errc::expired));
+  CHECK(f.tp.take_controls().empty());
+  CHECK_FALSE(f.r->poll());
+  CHECK(f.tp.take_controls().empty());  // backoff: not yet
+  std::size_t n = 0;
+  REQUIRE_FALSE(f.r->dead_letter_count(n));
+  CHECK(n == 2);  // still dead letters with reason "expired"
+  // A restart before any answer: the wanted re-sync is persisted and asked for again.
+  f.open();
+  CHECK_FALSE(f.r->poll());
+  c = f.tp.take_controls();
+  REQUIRE(c.size() == 1);
+  CHECK(c[0].op == control_op::resync);
+  // A session that read the master before seq 3 does not satisfy it: asked again at once.
+  message early = msg(f.sch, 0, {sync(1, {I(1), T("a"), I(1)})});
+  early.has_resync = true;
+  early.resync = {21, 1, 0, true};
+  CHECK_FALSE(f.send_direct(early));
+  c = f.tp.take_controls();
+  REQUIRE(c.size() == 1);
+  CHECK(c[0].op == control_op::resync);
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.resync_pending);
+  // One reaching past it converges the replica and ends the requests.
+  message p0 = msg(f.sch, 0, {sync(1, {I(1), T("a"), I(1)}), sync(1, {I(2), T("b"), I(1)})});
+  p0.has_resync = true;
+  p0.resync = {22, 3, 0, false};
+  message p1 = msg(f.sch, 0, {sync(1, {I(3), T("c"), I(1)})});
+  p1.has_resync = true;
+  p1.resync = {22, 3, 1, true};
+  CHECK_FALSE(f.send_direct(p0));
+  CHECK_FALSE(f.send_direct(p1));
+  CHECK(f.rows() == std::vector<std::string>{"1|'a'|1", "2|'b'|1", "3|'c'|1"});
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK_FALSE(ss.resync_pending);
+  CHECK(ss.checkpoint == 3);
+  f.clk.advance(3600 * 1000);
+  CHECK_FALSE(f.r->poll());
+  CHECK(f.tp.take_controls().empty());
+  f.open();  // and after a restart too
+  CHECK_FALSE(f.r->poll());
+  CHECK(f.tp.take_controls().empty());
 }
 
 TEST_CASE("undecodable and invalid messages are dead-lettered whole, never partially applied") {

@@ -33,12 +33,16 @@ constexpr std::int64_t prune_interval_ms = 60000;
 constexpr std::size_t max_schemas_per_stream = 32;
 constexpr std::uint64_t broken_run = std::uint64_t{1} << 62;
 constexpr std::uint64_t finished_run = broken_run + 1;
+constexpr std::size_t max_skipped_sessions = 8;
 
 const char* const schema_sql =
     "CREATE TABLE IF NOT EXISTS edgecqrs_r_streams("
     " sid INTEGER PRIMARY KEY, cqrs_id TEXT UNIQUE NOT NULL, incarnation BLOB,"
     " checkpoint INTEGER NOT NULL DEFAULT 0, head INTEGER NOT NULL DEFAULT 0, seen BLOB,"
-    " resync_session INTEGER NOT NULL DEFAULT 0, resync_parts INTEGER NOT NULL DEFAULT 0);"
+    " resync_session INTEGER NOT NULL DEFAULT 0, resync_parts INTEGER NOT NULL DEFAULT 0,"
+    " resync_at_ms INTEGER NOT NULL DEFAULT 0, resync_done INTEGER NOT NULL DEFAULT 0,"
+    " resync_done_upto INTEGER NOT NULL DEFAULT 0, resync_skip BLOB,"
+    " resync_want INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS edgecqrs_r_rows("
     " sid INTEGER NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,"
     " seq INTEGER NOT NULL, session INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
@@ -71,6 +75,16 @@ struct progress {
   std::map<std::uint64_t, std::uint64_t> seen;  // applied ranges above the checkpoint: lo -> hi
   std::uint64_t resync_session = 0;
   std::uint64_t resync_parts = 0;
+  // Re-sync ownership across replica objects (and processes) on one database
+  // (docs/replication.md §4): when the running session last made progress (wall ms), how many
+  // sessions completed and the upto_seq of the last one, the ids of competing sessions that are
+  // ignored, and the lowest upto_seq a wanted re-sync must reach (0: none wanted, e.g. expired
+  // stream messages were dead-lettered).
+  std::int64_t resync_at_ms = 0;
+  std::uint64_t resync_done = 0;
+  std::uint64_t resync_done_upto = 0;
+  std::vector<std::uint64_t> resync_skip;
+  std::uint64_t resync_want = 0;
 };
 
 struct stream {
@@ -89,6 +103,10 @@ struct stream {
   bool resync_pending = false;
   std::int64_t next_resync_ms = 0;
   std::int64_t resync_backoff_ms = 0;
+  // The pending request is satisfied by a session completed after it (prog.resync_done above
+  // resync_done_mark) whose upto_seq reaches resync_min_upto.
+  std::uint64_t resync_done_mark = 0;
+  std::uint64_t resync_min_upto = 0;
   bool schema_wanted = false;
   std::int64_t next_schema_ms = 0;
   std::int64_t schema_backoff_ms = 0;
@@ -164,6 +182,32 @@ void raise_checkpoint(progress& p, std::uint64_t to) {
   }
 }
 
+std::string ids_to_blob(const std::vector<std::uint64_t>& ids) {
+  std::string b;
+  for (std::uint64_t v : ids)
+    for (int s = 56; s >= 0; s -= 8) b.push_back(static_cast<char>((v >> s) & 0xff));
+  return b;
+}
+
+void ids_from_blob(std::string_view b, std::vector<std::uint64_t>& ids) {
+  ids.clear();
+  for (std::size_t i = 0; i + 8 <= b.size(); i += 8) {
+    std::uint64_t v = 0;
+    for (int k = 0; k < 8; ++k) v = (v << 8) | static_cast<std::uint8_t>(b[i + k]);
+    ids.push_back(v);
+  }
+}
+
+// What a message tells about the stream: a heartbeat announces the head, events mark their seqs.
+void advance(progress& p, const message& m, std::size_t max_ranges) {
+  const std::size_t n = m.events.size();
+  if (n == 0 && m.first_seq > 0) {
+    p.head = std::max(p.head, m.first_seq - 1);  // heartbeat: seqs below it exist
+  } else if (m.first_seq > 0) {
+    mark_seen(p, m.first_seq, m.first_seq + n - 1, max_ranges);
+  }
+}
+
 bool has_gap(const progress& p) { return !p.seen.empty() || p.head > p.checkpoint; }
 
 // A storage fault (disk full, I/O error, lock not obtained within the busy timeout, out of
@@ -234,8 +278,8 @@ struct replica::impl {
   std::vector<std::pair<std::string, std::vector<std::uint8_t>>> controls;  // to publish
   std::int64_t next_prune_ms = 0;
 
-  statement q_row_get, q_row_put, q_row_cas, q_row_session, q_stream_put, q_schema_get, q_schema_put,
-      q_retry_put, q_dead_put, q_dead_trim;
+  statement q_row_get, q_row_put, q_row_cas, q_row_session, q_stream_put, q_stream_get,
+      q_schema_get, q_schema_put, q_retry_put, q_dead_put, q_dead_trim;
   std::string keybuf;
   std::vector<std::uint8_t> encbuf;
 
@@ -247,6 +291,7 @@ struct replica::impl {
     q_row_cas = {};
     q_row_session = {};
     q_stream_put = {};
+    q_stream_get = {};
     q_schema_get = {};
     q_schema_put = {};
     q_retry_put = {};
@@ -257,6 +302,36 @@ struct replica::impl {
 
   std::error_code init() {
     if (exec(db, schema_sql) != SQLITE_OK) return make_error_code(errc::sqlite_error);
+    // Databases created before re-sync ownership lack its columns.
+    {
+      statement has;
+      if (has.prepare(db, "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
+                          " WHERE name='resync_want'") != SQLITE_OK ||
+          has.step() != SQLITE_ROW)
+        return make_error_code(errc::sqlite_error);
+      const bool missing = has.col_int(0) == 0;
+      has.reset();
+      if (missing &&
+          exec(db, "BEGIN IMMEDIATE;"
+                   "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_at_ms INTEGER NOT NULL"
+                   " DEFAULT 0;"
+                   "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done INTEGER NOT NULL"
+                   " DEFAULT 0;"
+                   "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done_upto INTEGER NOT NULL"
+                   " DEFAULT 0;"
+                   "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_skip BLOB;"
+                   "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_want INTEGER NOT NULL"
+                   " DEFAULT 0;"
+                   "COMMIT") != SQLITE_OK) {
+        exec(db, "ROLLBACK");
+        // Another replica object may have migrated it meanwhile.
+        statement again;
+        if (again.prepare(db, "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
+                              " WHERE name='resync_want'") != SQLITE_OK ||
+            again.step() != SQLITE_ROW || again.col_int(0) == 0)
+          return make_error_code(errc::sqlite_error);
+      }
+    }
     struct {
       statement* s;
       const char* sql;
@@ -282,7 +357,12 @@ struct replica::impl {
          " VALUES(?1,?2,0,1,0,?3,?4) ON CONFLICT(sid,key) DO UPDATE SET session=excluded.session"},
         {&q_stream_put,
          "UPDATE edgecqrs_r_streams SET incarnation=?2, checkpoint=?3, head=?4, seen=?5,"
-         " resync_session=?6, resync_parts=?7 WHERE sid=?1"},
+         " resync_session=?6, resync_parts=?7, resync_at_ms=?8, resync_done=?9,"
+         " resync_done_upto=?10, resync_skip=?11, resync_want=?12 WHERE sid=?1"},
+        {&q_stream_get,
+         "SELECT incarnation, checkpoint, head, seen, resync_session, resync_parts, resync_at_ms,"
+         " resync_done, resync_done_upto, resync_skip, resync_want FROM edgecqrs_r_streams"
+         " WHERE sid=?1"},
         {&q_schema_get, "SELECT body FROM edgecqrs_r_schemas WHERE sid=?1 AND tag=?2"},
         {&q_schema_put,
          "INSERT OR REPLACE INTO edgecqrs_r_schemas(sid,tag,incarnation,body) VALUES(?1,?2,?3,?4)"},
@@ -334,10 +414,36 @@ struct replica::impl {
     queue_control(s, control_op::schema, 0, 0);
   }
 
-  void want_resync(stream& s) {
-    if (s.resync_pending) return;
+  std::int64_t resync_initial_backoff() const {
+    return std::max<std::int64_t>(opts.reorder_window_ms * 5, 10000);
+  }
+
+  // One pending re-sync per stream: a second want only raises the upto_seq the completing
+  // session must reach (coalesced); the timer in poll() repeats the request with backoff.
+  void want_resync(stream& s, std::uint64_t min_upto = 0) {
+    if (s.resync_pending) {
+      s.resync_min_upto = std::max(s.resync_min_upto, min_upto);
+      return;
+    }
     s.resync_pending = true;
-    s.resync_backoff_ms = std::max<std::int64_t>(opts.reorder_window_ms * 5, 10000);
+    s.resync_min_upto = min_upto;
+    s.resync_done_mark = s.prog.resync_done;
+    s.resync_backoff_ms = resync_initial_backoff();
+    s.next_resync_ms = steady() + s.resync_backoff_ms;
+    queue_control(s, control_op::resync, 0, 0);
+  }
+
+  // After s.prog was refreshed: a session completed (by this object or another one on the same
+  // database) since the request satisfies it when its upto_seq is high enough; otherwise the
+  // request goes out again at once.
+  void settle_resync(stream& s) {
+    if (!s.resync_pending || s.prog.resync_done <= s.resync_done_mark) return;
+    if (s.prog.resync_done_upto >= s.resync_min_upto) {
+      s.resync_pending = false;
+      return;
+    }
+    s.resync_done_mark = s.prog.resync_done;
+    s.resync_backoff_ms = resync_initial_backoff();
     s.next_resync_ms = steady() + s.resync_backoff_ms;
     queue_control(s, control_op::resync, 0, 0);
   }
@@ -357,8 +463,44 @@ struct replica::impl {
     q_stream_put.bind_blob(5, blob.data(), blob.size());
     q_stream_put.bind(6, static_cast<std::int64_t>(p.resync_session));
     q_stream_put.bind(7, static_cast<std::int64_t>(p.resync_parts));
+    q_stream_put.bind(8, p.resync_at_ms);
+    q_stream_put.bind(9, static_cast<std::int64_t>(p.resync_done));
+    q_stream_put.bind(10, static_cast<std::int64_t>(p.resync_done_upto));
+    std::string skip = ids_to_blob(p.resync_skip);
+    q_stream_put.bind_blob(11, skip.data(), skip.size());
+    q_stream_put.bind(12, static_cast<std::int64_t>(p.resync_want));
     return q_stream_put.step() == SQLITE_DONE ? std::error_code{}
                                               : make_error_code(errc::sqlite_error);
+  }
+
+  // Re-reads the stream's persisted state (another replica object or process on the same
+  // database may have moved it): call it inside the write transaction before computing the
+  // new state from s.prog, so that nothing another writer committed is overwritten.
+  std::error_code reload_stream(stream& s) {
+    reset_guard g(q_stream_get);
+    q_stream_get.bind(1, s.sid);
+    if (q_stream_get.step() != SQLITE_ROW) return make_error_code(errc::sqlite_error);
+    auto inc = q_stream_get.col_blob(0);
+    if (inc.size() == s.incarnation.size()) {
+      if (!s.has_incarnation || std::memcmp(s.incarnation.data(), inc.data(), inc.size()) != 0) {
+        s.has_incarnation = true;
+        std::memcpy(s.incarnation.data(), inc.data(), inc.size());
+      }
+    } else {
+      s.has_incarnation = false;
+    }
+    progress& p = s.prog;
+    p.checkpoint = static_cast<std::uint64_t>(q_stream_get.col_int(1));
+    p.head = static_cast<std::uint64_t>(q_stream_get.col_int(2));
+    seen_from_blob(q_stream_get.col_blob(3), p.seen);
+    p.resync_session = static_cast<std::uint64_t>(q_stream_get.col_int(4));
+    p.resync_parts = static_cast<std::uint64_t>(q_stream_get.col_int(5));
+    p.resync_at_ms = q_stream_get.col_int(6);
+    p.resync_done = static_cast<std::uint64_t>(q_stream_get.col_int(7));
+    p.resync_done_upto = static_cast<std::uint64_t>(q_stream_get.col_int(8));
+    ids_from_blob(q_stream_get.col_blob(9), p.resync_skip);
+    p.resync_want = static_cast<std::uint64_t>(q_stream_get.col_int(10));
+    return {};
   }
 
   // Inside a transaction. `existing_id` > 0 updates that dead letter instead (a failed retry).
@@ -436,20 +578,37 @@ struct replica::impl {
   std::error_code dead_letter_message(std::string_view cqrs_id, std::string_view topic,
                                       std::error_code reason, std::string_view detail,
                                       const std::uint8_t* data, std::size_t size,
-                                      std::int64_t existing_id, stream* s, const progress* p) {
+                                      std::int64_t existing_id, stream* s, const message* m) {
     if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
-    std::error_code ec = put_dead_letter(cqrs_id, topic, {}, reason, detail.empty()
-                                             ? std::string_view(reason.message())
-                                             : detail,
-                                         1, data, size, existing_id);
-    if (!ec && s && p) ec = save_stream(*s, *p);
+    std::error_code ec;
+    progress p;
+    if (s && m) {
+      // Its seqs count as handled (docs/replication.md §3), from the persisted state.
+      ec = reload_stream(*s);
+      p = s->prog;
+      advance(p, *m, opts.max_seen_ranges);
+      // An expired stream message is handled but its changes are missing: a replay would bring
+      // the same expired bytes, so the stream wants a re-sync reaching past it (persisted, so a
+      // restart or another replica object on this database asks too).
+      if (reason == errc::expired && m->first_seq > 0 && !m->events.empty())
+        p.resync_want = std::max(p.resync_want, m->first_seq + m->events.size() - 1);
+    }
+    if (!ec)
+      ec = put_dead_letter(cqrs_id, topic, {}, reason,
+                           detail.empty() ? std::string_view(reason.message()) : detail, 1, data,
+                           size, existing_id);
+    if (!ec && s && m) ec = save_stream(*s, p);
     if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
     if (ec) {
       const std::string why = sqlite3_errmsg(db);
       exec(db, "ROLLBACK");
       return not_committed(topic, why);
     }
-    if (s && p) s->prog = *p;
+    if (s && m) {
+      s->prog = p;
+      if (p.resync_want > 0) want_resync(*s, p.resync_want);
+      update_gap_state(*s);
+    }
     return reason;
   }
 
@@ -872,13 +1031,21 @@ struct replica::impl {
       return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::schema_mismatch),
                                  "schema message names another CQRS_ID or has no key", data,
                                  size, mo.dead_letter_id, nullptr, nullptr);
+    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
+    // Decide from the persisted state: another replica object on this database may have seen
+    // this schema (or a new incarnation) already.
+    std::error_code ec = reload_stream(s);
     const bool first = !s.has_incarnation;
     const bool reset = s.has_incarnation && s.incarnation != sch.incarnation;
     progress p = s.prog;
-    if (reset) p = progress{};
-    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
-    std::error_code ec;
-    {
+    if (reset) {
+      // Versions and seqs restart; completed-session counting goes on (pending requests of
+      // other replica objects compare against it).
+      progress fresh;
+      fresh.resync_done = p.resync_done;
+      p = fresh;
+    }
+    if (!ec) {
       reset_guard g(q_schema_put);
       q_schema_put.bind(1, s.sid);
       q_schema_put.bind(2, sch.schema_tag);
@@ -1014,17 +1181,14 @@ struct replica::impl {
       ++st.ignored;  // from a master database this replica no longer follows
       return make_error_code(errc::stale_version);
     }
-    progress p = s.prog;
     const std::size_t n = m.events.size();
-    if (n == 0 && m.first_seq > 0) {
-      p.head = std::max(p.head, m.first_seq - 1);  // heartbeat: seqs below it exist
-    } else if (m.first_seq > 0) {
-      mark_seen(p, m.first_seq, m.first_seq + n - 1, opts.max_seen_ranges);
-    }
     if (n == 0 && !(m.has_resync && direct)) {
-      if (p.head == s.prog.head) return {};
+      if (m.first_seq == 0 || m.first_seq - 1 <= s.prog.head) return {};
       if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
-      std::error_code ec = save_stream(s, p);
+      std::error_code ec = reload_stream(s);
+      progress p = s.prog;
+      advance(p, m, opts.max_seen_ranges);
+      if (!ec && p.head != s.prog.head) ec = save_stream(s, p);
       if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
       if (ec) {
         const std::string why = sqlite3_errmsg(db);
@@ -1038,12 +1202,12 @@ struct replica::impl {
     // Whole-message checks first: a message is applied entirely or not at all.
     if (pl->problem && n > 0)
       return dead_letter_message(s.cqrs_id, topic, pl->problem, pl->problem_detail, data, size,
-                                 mo.dead_letter_id, &s, &p);
+                                 mo.dead_letter_id, &s, &m);
     if (!mo.ignore_expiry && m.expires_ms != 0 && m.expires_ms <= now())
       return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::expired),
                                  "expired " + std::to_string(now() - m.expires_ms) +
                                      " ms before arrival",
-                                 data, size, mo.dead_letter_id, &s, &p);
+                                 data, size, mo.dead_letter_id, &s, &m);
     // Sequences are stored as SQLite INTEGER (signed): the last event's seq must neither wrap
     // nor pass 2^63-1.
     if (m.first_seq != 0 && n != 0 &&
@@ -1051,7 +1215,7 @@ struct replica::impl {
          n - 1 > static_cast<std::uint64_t>(INT64_MAX) - m.first_seq))
       return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::integer_out_of_range),
                                  "stream sequence out of range (wraps or exceeds 2^63-1)", data,
-                                 size, mo.dead_letter_id, &s, &p);
+                                 size, mo.dead_letter_id, &s, &m);
     const std::size_t ncols = pl->sch.columns.size(), npk = pl->sch.pk.size();
     for (std::size_t i = 0; i < n; ++i) {
       const event& ev = m.events[i];
@@ -1067,23 +1231,63 @@ struct replica::impl {
             s.cqrs_id, topic, make_error_code(errc::schema_mismatch),
             "event " + std::to_string(i) + " does not fit schema tag " +
                 std::to_string(m.schema_tag) + " (value count, version or kind vs seq)",
-            data, size, mo.dead_letter_id, &s, &p);
+            data, size, mo.dead_letter_id, &s, &m);
     }
-    // Re-sync session bookkeeping (docs/replication.md §4).
+    // The stream state and the re-sync session bookkeeping are computed inside the write
+    // transaction from the persisted state (prepare(), after each BEGIN): several replica
+    // objects or processes may apply to this database (docs/replication.md §4, "Several
+    // replica objects on one database").
+    progress p;
     std::uint64_t session = 0;
-    bool finish_session = false, session_broken = false;
-    if (m.has_resync && direct) {
-      // Session ids are opaque (the master picks them at random). A part of another session
-      // than the running one starts a new run; a run completes only when parts 0..last of one
-      // session arrived without another session in between (resync_parts = next part expected,
-      // broken_run once a part was skipped).
+    bool finish_session = false, session_broken = false, competing = false;
+    auto prepare = [&]() -> std::error_code {
+      session = 0;
+      finish_session = session_broken = competing = false;
+      if (auto ec = reload_stream(s)) return ec;
+      p = s.prog;
+      if (!s.has_incarnation || pl->sch.incarnation != s.incarnation) {
+        competing = true;  // another object switched the stream to a new master meanwhile
+        return {};
+      }
+      advance(p, m, opts.max_seen_ranges);
+      if (!(m.has_resync && direct)) return {};
+      // Session ids are opaque (the master picks them at random). The database holds the one
+      // running session; a run completes only when parts 0..last of that session arrived in
+      // order (resync_parts = next part expected, broken_run once a part was skipped). A part
+      // of another session starts a new run when none is running (or the running one made no
+      // progress for the stall time); while one runs, the other session competes: its parts
+      // are ignored (remembered in resync_skip, so its later parts are too). Its rows are
+      // carried by the running session or come later by the stream, so nothing is lost, and
+      // its marks never replace the running session's (which would let that session's sweep
+      // remove them).
       const auto& r = m.resync;
       if (r.session != p.resync_session) {
+        const bool running = p.resync_session != 0 && p.resync_parts < broken_run;
+        const bool stalled = running && msg_now - p.resync_at_ms >= resync_initial_backoff();
+        const bool skipped = std::find(p.resync_skip.begin(), p.resync_skip.end(), r.session) !=
+                             p.resync_skip.end();
+        if (skipped || (running && !stalled)) {
+          if (!skipped) {
+            p.resync_skip.push_back(r.session);
+            if (p.resync_skip.size() > max_skipped_sessions)
+              p.resync_skip.erase(p.resync_skip.begin());
+          }
+          competing = true;
+          return {};
+        }
+        if (running) {
+          // Stalled: the new session takes over; the old one is ignored from now on.
+          p.resync_skip.push_back(p.resync_session);
+          if (p.resync_skip.size() > max_skipped_sessions)
+            p.resync_skip.erase(p.resync_skip.begin());
+        }
         p.resync_session = r.session;
         p.resync_parts = 0;
       }
       session = r.session;
-      // Redelivered parts of a completed session only apply by the sync rule.
+      p.resync_at_ms = msg_now;
+      // Redelivered parts of a completed session (or parts another replica object on this
+      // database already applied) only apply by the sync rule.
       if (p.resync_parts != finished_run) {
         if (r.part == p.resync_parts)
           ++p.resync_parts;
@@ -1093,20 +1297,24 @@ struct replica::impl {
           if (p.resync_parts == r.part + 1) {
             finish_session = true;
             p.resync_parts = finished_run;
-          } else {
-            session_broken = true;  // a part was lost or reordered: ask again
+          } else if (p.resync_parts == broken_run) {
+            // A part was lost or reordered: ask again (once: the run is over, so another
+            // replica object on this database that sees this last part does not ask too).
+            session_broken = true;
+            p.resync_parts = finished_run;
           }
         }
       }
-    }
+      return {};
+    };
     replica_stats delta;
     std::string detail;
     apply_ctx c;
     c.direct = direct;
-    c.session = session;
     bool storage = false;
     auto run = [&](bool per_event) -> std::error_code {
       delta = replica_stats{};
+      c.session = session;  // decided by prepare()
       for (std::size_t i = 0; i < n; ++i) {
         c.seq = m.seq_of(i);
         outcome o{};
@@ -1142,13 +1350,31 @@ struct replica::impl {
     };
     if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
     const replica_stats saved = st;
-    std::error_code ec = run(false);
+    std::error_code ec = prepare();
+    if (!ec && competing) {
+      // Nothing of the message applies; only the skip list may change.
+      ec = save_stream(s, p);
+      if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
+      if (ec) {
+        const std::string why = sqlite3_errmsg(db);
+        exec(db, "ROLLBACK");
+        return not_committed(topic, why);
+      }
+      s.prog = p;
+      ++st.ignored;
+      settle_resync(s);
+      update_gap_state(s);
+      return {};
+    }
+    if (!ec) ec = run(false);
     if (ec && !storage) {
       // Slow path: one savepoint per event, failures go to the retry table.
       exec(db, "ROLLBACK");
       st = saved;
       if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
-      ec = run(true);
+      ec = prepare();
+      if (!ec && competing) ec = make_error_code(errc::sqlite_error);  // changed under us
+      if (!ec) ec = run(true);
     }
     if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
     if (ec) {
@@ -1165,13 +1391,11 @@ struct replica::impl {
     st.ignored += delta.ignored;
     st.rows_removed_by_resync += delta.rows_removed_by_resync;
     s.prog = p;
-    if (finish_session) {
-      ++st.resyncs_completed;
-      s.resync_pending = false;
-    }
+    if (finish_session) ++st.resyncs_completed;
+    settle_resync(s);
     if (session_broken) {
       s.resync_pending = false;
-      want_resync(s);
+      want_resync(s, p.resync_want);
     }
     // Too many holes to track: a re-sync is cheaper than remembering them.
     if (s.prog.seen.size() >= opts.max_seen_ranges) want_resync(s);
@@ -1232,6 +1456,9 @@ struct replica::impl {
       }
     }
     raise_checkpoint(p, r.upto_seq);
+    ++p.resync_done;
+    p.resync_done_upto = r.upto_seq;
+    if (p.resync_want <= r.upto_seq) p.resync_want = 0;
     return {};
   }
 
@@ -1402,6 +1629,16 @@ struct replica::impl {
     const std::int64_t t = steady();
     for (auto& sp : streams) {
       stream& s = *sp;
+      // Another replica object on this database may have moved the stream (applied the other
+      // half of a shared subscription, completed a re-sync): timers work from the persisted
+      // state. A read that fails (busy) keeps the last known state until the next poll.
+      if (!reload_stream(s)) {
+        settle_resync(s);
+        update_gap_state(s);
+      }
+      // A wanted re-sync (expired stream messages) is asked for until a session reaches it,
+      // also after a restart.
+      if (s.prog.resync_want > 0) want_resync(s, s.prog.resync_want);
       if (s.schema_wanted && t >= s.next_schema_ms) {
         queue_control(s, control_op::schema, 0, 0);
         s.schema_backoff_ms = std::min(s.schema_backoff_ms * 2, opts.request_backoff_max_ms);
@@ -1536,23 +1773,13 @@ std::error_code replica::register_table(std::string_view cqrs_id, replica_table_
   q.bind_text(1, cqrs_id);
   if (q.step() != SQLITE_DONE) return make_error_code(errc::sqlite_error);
   q.reset();
-  if (q.prepare(I.db, "SELECT sid, incarnation, checkpoint, head, seen, resync_session,"
-                      " resync_parts FROM edgecqrs_r_streams WHERE cqrs_id=?1") != SQLITE_OK)
+  if (q.prepare(I.db, "SELECT sid FROM edgecqrs_r_streams WHERE cqrs_id=?1") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   q.bind_text(1, cqrs_id);
   if (q.step() != SQLITE_ROW) return make_error_code(errc::sqlite_error);
   s->sid = q.col_int(0);
-  auto inc = q.col_blob(1);
-  if (inc.size() == s->incarnation.size()) {
-    s->has_incarnation = true;
-    std::memcpy(s->incarnation.data(), inc.data(), inc.size());
-  }
-  s->prog.checkpoint = static_cast<std::uint64_t>(q.col_int(2));
-  s->prog.head = static_cast<std::uint64_t>(q.col_int(3));
-  seen_from_blob(q.col_blob(4), s->prog.seen);
-  s->prog.resync_session = static_cast<std::uint64_t>(q.col_int(5));
-  s->prog.resync_parts = static_cast<std::uint64_t>(q.col_int(6));
   q.reset();
+  if (auto ec = I.reload_stream(*s)) return ec;
   stream* raw = s.get();
   I.by_id[raw->cqrs_id] = raw;
   I.streams.push_back(std::move(s));
@@ -1621,8 +1848,11 @@ std::error_code replica::request_resync(std::string_view cqrs_id) {
   std::unique_lock<std::mutex> lk(impl_->mu);
   auto it = impl_->by_id.find(std::string(cqrs_id));
   if (it == impl_->by_id.end()) return make_error_code(errc::unknown_stream);
-  it->second->resync_pending = false;
-  impl_->want_resync(*it->second);
+  stream& s = *it->second;
+  impl_->reload_stream(s);  // best effort: the request stands either way
+  s.resync_pending = false;
+  // Satisfied only by a session that read the master after what this replica knows of.
+  impl_->want_resync(s, std::max(s.prog.head, s.prog.resync_want));
   impl_->flush_controls(lk);
   return {};
 }
