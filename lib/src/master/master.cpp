@@ -19,7 +19,7 @@
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/names.hpp"
 #include "master/fast_encode.hpp"
-#include "master/sql.hpp"
+#include "sqlite_util.hpp"
 
 namespace edgecqrs {
 
@@ -27,7 +27,7 @@ using detail::bind_view;
 using detail::column_view;
 using detail::quote_ident;
 using detail::reset_guard;
-using detail::stmt;
+using stmt = detail::statement;
 
 value_view row_ref::get(std::string_view column) const {
   for (std::size_t i = 0; i < size; ++i)

@@ -15,14 +15,14 @@
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/names.hpp"
 #include "replica/key_codec.hpp"
-#include "replica/sqlite_util.hpp"
+#include "sqlite_util.hpp"
 
 namespace edgecqrs {
 
-using replica_detail::exec;
-using replica_detail::quote_ident;
-using replica_detail::reset_guard;
-using replica_detail::statement;
+using detail::exec;
+using detail::quote_ident;
+using reset_guard = detail::statement_reset;
+using detail::statement;
 
 namespace {
 
