@@ -262,7 +262,7 @@ struct master::impl {
   std::thread::id txn_owner;
 
   stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
-      st_version_get, st_outbox_top;
+      st_version_get, st_outbox_top, st_sync_level;
   byte_buffer evbuf;
   std::vector<std::uint8_t> grpbuf, msgbuf;
   stmt st_begin, st_commit;  // master::begin / commit: prepared once, not parsed per transaction
@@ -372,6 +372,7 @@ struct master::impl {
                            "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
         st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0") ||
         st_outbox_top.prepare(db, "SELECT max(id) FROM edgecqrs_outbox") ||
+        st_sync_level.prepare(db, "PRAGMA synchronous") ||
         st_begin.prepare(db, "BEGIN IMMEDIATE") || st_commit.prepare(db, "COMMIT"))
       return sql_fail("prepare");
     stmt q;
@@ -1747,6 +1748,15 @@ std::error_code master::impl::make_outbox_durable() {
   if (rc != SQLITE_ROW) return sql_fail("outbox top");
   std::int64_t top = sqlite3_column_int64(s, 0);
   if (top <= durable_upto) return {};
+  {
+    // synchronous=FULL (2) or EXTRA (3): every commit was synced before it returned.
+    sqlite3_stmt* q = st_sync_level.get();
+    reset_guard gq{q};
+    if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0) >= 2) {
+      durable_upto = top;
+      return {};
+    }
+  }
   sqlite3_file* wal = nullptr;
   if (sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) == SQLITE_OK && wal &&
       wal->pMethods) {
