@@ -39,16 +39,6 @@ using bytes = std::vector<std::uint8_t>;
 // The item bound of the reader: small, so inputs of a few KiB reach the "too large" path.
 constexpr std::size_t max_item = 1024;
 
-bool header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s,
-                   std::size_t& sn) {
-  static const char magic[] = "\x83\x6d" "edgecqrs-dump" "\x01";
-  const std::size_t m = sizeof magic - 1;
-  if (n <= m || std::memcmp(p, magic, m) != 0) return false;
-  s = p + m;
-  sn = n - m;
-  return true;
-}
-
 bytes encode(const edgecqrs::message& m) {
   std::size_t n = 0;
   if (edgecqrs::encode_message(m, nullptr, 0, n)) fail("encode probe");
@@ -138,7 +128,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const std::uint8_t* sb = nullptr;
       std::size_t sn = 0;
       edgecqrs::schema sch;
-      if (!header_schema(item, len, sb, sn) || edgecqrs::decode_schema(sb, sn, sch)) break;
+      if (!edgecqrs::cli::dump_header_schema(item, len, sb, sn) ||
+          edgecqrs::decode_schema(sb, sn, sch))
+        break;
       if (sch.cqrs_id != "items") break;  // run_load: a stream the config does not list
       if (st->r->on_message(schema_topic, sb, sn)) break;
       tag = sch.schema_tag;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "commands.hpp"
+#include "common.hpp"
 #include "edgecqrs/cbor_seq.hpp"
 #include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
@@ -14,16 +15,6 @@
 
 namespace edgecqrs::cli {
 namespace {
-
-// A dump header is ["edgecqrs-dump", 1, schema]; returns the schema item's bytes.
-bool dump_header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s, std::size_t& sn) {
-  static const char magic[] = "\x83\x6d" "edgecqrs-dump" "\x01";
-  const std::size_t m = sizeof magic - 1;
-  if (n <= m || std::memcmp(p, magic, m) != 0) return false;
-  s = p + m;
-  sn = n - m;
-  return true;
-}
 
 int run(const std::string& input) {
   std::vector<std::uint8_t> bytes;

@@ -50,16 +50,6 @@ struct load_opts {
   bool clear = false;
 };
 
-// The dump header ["edgecqrs-dump", 1, schema]: the schema item's bytes.
-bool header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s, std::size_t& sn) {
-  static const char magic[] = "\x83\x6d" "edgecqrs-dump" "\x01";
-  const std::size_t m = sizeof magic - 1;
-  if (n <= m || std::memcmp(p, magic, m) != 0) return false;
-  s = p + m;
-  sn = n - m;
-  return true;
-}
-
 // Empties the local table and forgets the stream's row versions and tombstones, so the load
 // starts from nothing (the replica's --clear).
 bool clear_stream(const char* cmd, const std::string& path, const table_config& t) {
@@ -101,7 +91,7 @@ int run_load(const load_opts& o, const run_state& st) {
   const std::uint8_t* sb = nullptr;
   std::size_t sn = 0;
   schema sch;
-  if (r <= 0 || !header_schema(item, len, sb, sn) || decode_schema(sb, sn, sch, limits)) {
+  if (r <= 0 || !dump_header_schema(item, len, sb, sn) || decode_schema(sb, sn, sch, limits)) {
     errorf(cmd, "%s: item 0 at byte 0: not an edgecqrs dump (expected the header [\"edgecqrs-dump\", 1, schema])%s%s",
            o.input.c_str(), r < 0 ? ": " : "", r < 0 ? ec.message().c_str() : "");
     return 1;

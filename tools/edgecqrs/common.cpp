@@ -362,4 +362,14 @@ int cbor_seq_reader::next(const std::uint8_t*& data, std::size_t& size, std::uin
   }
 }
 
+bool dump_header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s,
+                        std::size_t& sn) {
+  static const char magic[] = "\x83\x6d" "edgecqrs-dump" "\x01";
+  const std::size_t m = sizeof magic - 1;
+  if (n <= m || std::memcmp(p, magic, m) != 0) return false;
+  s = p + m;
+  sn = n - m;
+  return true;
+}
+
 }  // namespace edgecqrs::cli

@@ -82,6 +82,11 @@ replica_options replica_options_from(const consume_config& cfg);
 const table_config* find_table(const consume_config& cfg, const std::string& cqrs_id);
 
 // Reads a CBOR sequence item by item from a file or stdin, with a bounded buffer.
+// A dump file's first item is ["edgecqrs-dump", 1, schema]: on a match, `s`/`sn` get the schema
+// item's bytes (inside p..p+n).
+bool dump_header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s,
+                        std::size_t& sn);
+
 class cbor_seq_reader {
  public:
   explicit cbor_seq_reader(std::size_t max_item) : max_item_(max_item) {}
