@@ -58,6 +58,12 @@ int cuts_from_env() {
 
 // The master device: its database on the lossy VFS, WAL, synchronous=NORMAL (the throughput
 // setting of bench_capture), attached through the app's own connection.
+std::error_code run_sql(sqlite3* db, const std::string& sql) {
+  return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK
+             ? std::error_code{}
+             : make_error_code(errc::sqlite_error);
+}
+
 struct device {
   std::string path;
   sqlite3* db = nullptr;
@@ -96,7 +102,80 @@ struct device {
     if (db) sqlite3_close(db);
     db = nullptr;
   }
+  // One transaction through the master.
+  void write(const std::string& sql) {
+    REQUIRE_FALSE(m->transaction([&](sqlite3* c) { return run_sql(c, sql); }));
+  }
 };
+
+// The replica: its database on the same VFS (cut only when a test says so).
+struct dashboard {
+  std::string path;
+  std::unique_ptr<loopback::client> sub;
+  std::unique_ptr<replica> r;
+
+  void create() {
+    sqlite3* rdb = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &rdb) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(rdb, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(rdb);
+  }
+  void boot(loopback::broker& broker, fake_clock& clk) {
+    sub = broker.make_client("replica", 64);
+    replica_options ro;
+    ro.name = "r1";
+    ro.time = &clk;
+    ro.request_backoff_initial_ms = 100;
+    ro.request_backoff_max_ms = 1000;
+    REQUIRE_FALSE(replica::open(path, ro, r));
+    replica_table_options rt;
+    rt.local_table = "items";
+    REQUIRE_FALSE(r->register_table("items", rt));
+    REQUIRE_FALSE(r->attach(*sub));
+  }
+  void shutdown() {
+    r.reset();
+    sub.reset();
+  }
+};
+
+std::string upsert(long long k, long long v) {
+  return "INSERT INTO items VALUES(" + std::to_string(k) + ", 'n" + std::to_string(v) + "', " +
+         std::to_string(v) + ") ON CONFLICT(id) DO UPDATE SET qty=qty+1, name=excluded.name";
+}
+
+// Master publishes, broker delivers, replica applies; time moves on.
+void step(device& dev, loopback::broker& broker, dashboard& d, fake_clock& clk) {
+  REQUIRE_FALSE(dev.m->poll());
+  broker.pump_all();
+  REQUIRE_FALSE(d.r->poll());
+  broker.pump_all();
+  clk.advance(50);
+}
+
+// The replica's rows equal the master's and its checkpoint is the master's head.
+bool in_sync(dashboard& d, device& dev) {
+  stream_status ss;
+  REQUIRE_FALSE(d.r->status("items", ss));
+  sqlite3* rdb = nullptr;
+  REQUIRE(sqlite3_open(d.path.c_str(), &rdb) == SQLITE_OK);
+  const std::string rows = dump(rdb, "SELECT id, name, qty FROM items ORDER BY id");
+  sqlite3_close(rdb);
+  INFO("master head " << dev.m->head_seq("items") << ", replica checkpoint " << ss.checkpoint
+                      << ", seen ranges " << ss.seen_ranges);
+  return ss.checkpoint == dev.m->head_seq("items") &&
+         rows == dump(dev.db, "SELECT id, name, qty FROM items ORDER BY id");
+}
+
+// Drains until the replica is in sync (at most 400 steps).
+bool drain(device& dev, loopback::broker& broker, dashboard& d, fake_clock& clk) {
+  for (int i = 0; i < 400; ++i) {
+    step(dev, broker, d, clk);
+    if (in_sync(d, dev)) return true;
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -114,47 +193,16 @@ TEST_CASE("power cut on the master: a replica never keeps a change the cut undid
   REQUIRE(sqlite3_exec(dev.db, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr) ==
           SQLITE_OK);
 
-  auto sub = broker.make_client("replica", 64);
-  std::unique_ptr<replica> r;
-  replica_options ro;
-  ro.name = "r1";
-  ro.time = &clk;
-  ro.request_backoff_initial_ms = 100;
-  ro.request_backoff_max_ms = 1000;
-  const std::string rpath = dir.file("replica.db");
-  {
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(rpath.c_str(), &rdb) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(rdb, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)",
-                         nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(rdb);
-  }
-  REQUIRE_FALSE(replica::open(rpath, ro, r));
-  replica_table_options rt;
-  rt.local_table = "items";
-  REQUIRE_FALSE(r->register_table("items", rt));
-  REQUIRE_FALSE(r->attach(*sub));
+  dashboard d;
+  d.path = dir.file("replica.db");
+  d.create();
+  d.boot(broker, clk);
 
   auto write = [&](int n) {
     for (int i = 0; i < n; ++i) {
       long long k = static_cast<long long>(rng() % 40), v = static_cast<long long>(rng() % 1000);
-      std::string sql = (rng() % 5 == 0)
-          ? "DELETE FROM items WHERE id=" + std::to_string(k)
-          : "INSERT INTO items VALUES(" + std::to_string(k) + ", 'n" + std::to_string(v) + "', " +
-                std::to_string(v) + ") ON CONFLICT(id) DO UPDATE SET qty=qty+1, name=excluded.name";
-      REQUIRE_FALSE(dev.m->transaction([&](sqlite3* db) -> std::error_code {
-        return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK
-                   ? std::error_code{}
-                   : make_error_code(errc::sqlite_error);
-      }));
+      dev.write(rng() % 5 == 0 ? "DELETE FROM items WHERE id=" + std::to_string(k) : upsert(k, v));
     }
-  };
-  auto step = [&] {
-    REQUIRE_FALSE(dev.m->poll());
-    broker.pump_all();
-    REQUIRE_FALSE(r->poll());
-    broker.pump_all();
-    clk.advance(50);
   };
 
   const int cuts = cuts_from_env();
@@ -166,7 +214,7 @@ TEST_CASE("power cut on the master: a replica never keeps a change the cut undid
       int n = 1 + static_cast<int>(rng() % 4);
       write(n);
       committed += static_cast<std::uint64_t>(n);
-      step();
+      step(dev, broker, d, clk);
     }
     // ...then a few that are committed but not yet published when the power goes.
     int late = static_cast<int>(rng() % 4);
@@ -180,7 +228,7 @@ TEST_CASE("power cut on the master: a replica never keeps a change the cut undid
     // The cut may undo commits, but only ones that no replica has seen: the master's head
     // is never behind what the replica has applied.
     stream_status ss;
-    REQUIRE_FALSE(r->status("items", ss));
+    REQUIRE_FALSE(d.r->status("items", ss));
     const std::uint64_t head_after = dev.m->head_seq("items");
     INFO("cut " << c << ": head before " << head_before << ", after " << head_after
                 << ", replica checkpoint " << ss.checkpoint);
@@ -192,19 +240,8 @@ TEST_CASE("power cut on the master: a replica never keeps a change the cut undid
   // Drain: the replica equals the master, and its checkpoint is the master's head.
   write(10);
   committed += 10;
-  bool same = false;
-  for (int i = 0; i < 400 && !same; ++i) {
-    step();
-    stream_status ss;
-    REQUIRE_FALSE(r->status("items", ss));
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(rpath.c_str(), &rdb) == SQLITE_OK);
-    same = ss.checkpoint == dev.m->head_seq("items") &&
-           dump(rdb, "SELECT id, name, qty FROM items ORDER BY id") ==
-               dump(dev.db, "SELECT id, name, qty FROM items ORDER BY id");
-    sqlite3_close(rdb);
-  }
-  const auto rs = r->stats();
+  const bool same = drain(dev, broker, d, clk);
+  const auto rs = d.r->stats();
   std::printf(
       "power cuts: %d (seed %llu): %llu transactions committed, %llu events undone by cuts "
       "before publishing, replica ahead of master after a cut: %llu, applied %llu, duplicates "
@@ -218,21 +255,8 @@ TEST_CASE("power cut on the master: a replica never keeps a change the cut undid
       static_cast<unsigned long long>(rs.gaps_repaired),
       static_cast<unsigned long long>(vfs.syncs()),
       static_cast<unsigned long long>(vfs.bytes_lost()), same ? "yes" : "NO");
-  if (!same) {
-    stream_status ss;
-    REQUIRE_FALSE(r->status("items", ss));
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(rpath.c_str(), &rdb) == SQLITE_OK);
-    INFO("master head " << dev.m->head_seq("items") << ", replica checkpoint " << ss.checkpoint
-                        << ", seen ranges " << ss.seen_ranges << "\nmaster:\n"
-                        << dump(dev.db, "SELECT id, name, qty FROM items ORDER BY id")
-                        << "replica:\n" << dump(rdb, "SELECT id, name, qty FROM items ORDER BY id"));
-    sqlite3_close(rdb);
-    CHECK(same);
-  }
   CHECK(same);
-  r.reset();
-  sub.reset();
+  d.shutdown();
   dev.shutdown();
 }
 
@@ -261,12 +285,8 @@ TEST_CASE("power cut: with master::open every commit that returned survives, wit
     REQUIRE_FALSE(m->register_table(o));
     CHECK(m->head_seq("readings") == head);  // every event of every returned commit is there
     for (int i = 0; i < 50; ++i) {
-      REQUIRE_FALSE(m->transaction([&](sqlite3* db) -> std::error_code {
-        return sqlite3_exec(db, "INSERT INTO readings(v) VALUES(1.5)", nullptr, nullptr,
-                            nullptr) == SQLITE_OK
-                   ? std::error_code{}
-                   : make_error_code(errc::sqlite_error);
-      }));
+      REQUIRE_FALSE(
+          m->transaction([](sqlite3* c) { return run_sql(c, "INSERT INTO readings(v) VALUES(1.5)"); }));
       ++returned;
     }
     head = m->head_seq("readings");
@@ -295,87 +315,41 @@ TEST_CASE("power cut on the replica: what the cut undid is repaired from the mas
   dev.path = dir.file("master.db");
   dev.boot(broker, clk);
 
-  const std::string rpath = dir.file("replica.db");
-  {
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(rpath.c_str(), &rdb) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(rdb, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)",
-                         nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(rdb);
-  }
-  std::unique_ptr<loopback::client> sub;
-  std::unique_ptr<replica> r;
-  auto boot_replica = [&] {
-    sub = broker.make_client("replica", 64);
-    replica_options ro;
-    ro.name = "r1";
-    ro.time = &clk;
-    ro.request_backoff_initial_ms = 100;
-    ro.request_backoff_max_ms = 1000;
-    REQUIRE_FALSE(replica::open(rpath, ro, r));
-    replica_table_options rt;
-    rt.local_table = "items";
-    REQUIRE_FALSE(r->register_table("items", rt));
-    REQUIRE_FALSE(r->attach(*sub));
-  };
-  boot_replica();
+  dashboard d;
+  d.path = dir.file("replica.db");
+  d.create();
+  d.boot(broker, clk);
   {  // installed long ago: the replica's schema is on disk
     sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(rpath.c_str(), &rdb) == SQLITE_OK);
+    REQUIRE(sqlite3_open(d.path.c_str(), &rdb) == SQLITE_OK);
     REQUIRE(sqlite3_exec(rdb, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr) ==
             SQLITE_OK);
     sqlite3_close(rdb);
   }
 
   std::uint64_t committed = 0, gaps_repaired = 0, resyncs = 0, applied = 0;
-  auto step = [&] {
-    REQUIRE_FALSE(dev.m->poll());
-    broker.pump_all();
-    REQUIRE_FALSE(r->poll());
-    broker.pump_all();
-    clk.advance(50);
-  };
   const int cuts = cuts_from_env();
   for (int c = 0; c < cuts; ++c) {
     int rounds = 5 + static_cast<int>(rng() % 20);
     for (int i = 0; i < rounds; ++i) {
       long long k = static_cast<long long>(rng() % 40), v = static_cast<long long>(rng() % 1000);
-      std::string sql = "INSERT INTO items VALUES(" + std::to_string(k) + ", 'n" +
-                        std::to_string(v) + "', " + std::to_string(v) +
-                        ") ON CONFLICT(id) DO UPDATE SET qty=qty+1, name=excluded.name";
-      REQUIRE_FALSE(dev.m->transaction([&](sqlite3* db) -> std::error_code {
-        return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK
-                   ? std::error_code{}
-                   : make_error_code(errc::sqlite_error);
-      }));
+      dev.write(upsert(k, v));
       ++committed;
-      step();
+      step(dev, broker, d, clk);
     }
     // The replica applied and acknowledged these; the cut may undo them on its disk.
-    auto s = r->stats();
+    auto s = d.r->stats();
     gaps_repaired += s.gaps_repaired;
     resyncs += s.resyncs_completed;
     applied += s.events_applied;
-    vfs.cut(rpath);
-    r.reset();
-    sub.reset();
+    vfs.cut(d.path);
+    d.shutdown();
     vfs.restore();
-    std::remove((rpath + "-shm").c_str());
-    boot_replica();
+    std::remove((d.path + "-shm").c_str());
+    d.boot(broker, clk);
   }
-  bool same = false;
-  for (int i = 0; i < 400 && !same; ++i) {
-    step();
-    stream_status ss;
-    REQUIRE_FALSE(r->status("items", ss));
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(rpath.c_str(), &rdb) == SQLITE_OK);
-    same = ss.checkpoint == dev.m->head_seq("items") &&
-           dump(rdb, "SELECT id, name, qty FROM items ORDER BY id") ==
-               dump(dev.db, "SELECT id, name, qty FROM items ORDER BY id");
-    sqlite3_close(rdb);
-  }
-  auto s = r->stats();
+  const bool same = drain(dev, broker, d, clk);
+  auto s = d.r->stats();
   std::printf(
       "replica power cuts: %d (seed %llu): %llu transactions, applied %llu, gaps repaired %llu, "
       "re-syncs %llu, unsynced bytes lost %llu; replica equals master: %s\n",
@@ -386,7 +360,6 @@ TEST_CASE("power cut on the replica: what the cut undid is repaired from the mas
       static_cast<unsigned long long>(vfs.bytes_lost()), same ? "yes" : "NO");
   CHECK(vfs.bytes_lost() > 0);  // the cuts did undo applied events
   CHECK(same);
-  r.reset();
-  sub.reset();
+  d.shutdown();
   dev.shutdown();
 }
