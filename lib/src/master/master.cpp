@@ -1739,7 +1739,8 @@ std::error_code master::impl::prune() {
 // it. Were it published first, a replica would keep a change the master no longer has, and the
 // master would give the undone sequence numbers to new events, which the replica would skip as
 // duplicates. So before publishing, one sync of the WAL makes every committed record durable
-// (group commit: one fdatasync per publish round, not per transaction). In rollback-journal
+// (group commit: one fdatasync covers every record committed so far, not one per transaction;
+// nothing is queried while no new record is about to go out). In rollback-journal
 // modes a commit is synced unless synchronous=OFF (docs/capture.md).
 std::error_code master::impl::make_outbox_durable() {
   sqlite3_stmt* s = st_outbox_top.get();
@@ -1774,7 +1775,6 @@ std::error_code master::impl::publish_pending() {
   if (!tx || !tx->connected()) return {};
   std::int64_t now = clk->steady_ms();
   if (now < backoff_until) return {};
-  if (auto ec = make_outbox_durable()) return ec;
   std::size_t window = std::min<std::size_t>({cfg.window, tx->max_in_flight(), 90});
   if (window == 0) window = 1;
   while (inflight.size() < window) {
@@ -1909,6 +1909,9 @@ std::error_code master::impl::publish_pending() {
       topic = t.event_topic;
     }
     sqlite3_reset(s);
+    // Records newer than the last sync: make everything committed so far durable first.
+    if (m.ids.back() > durable_upto)
+      if (auto ec = make_outbox_durable()) return ec;
     std::uint64_t no = next_msg_no++;
     std::weak_ptr<sink> w = snk;
     std::error_code ec = tx->publish(topic, msgbuf.data(), msgbuf.size(), opts,
