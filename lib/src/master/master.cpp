@@ -130,7 +130,9 @@ std::error_code append_encoded(Buf& out, F&& enc) {
 
 }  // namespace
 
-struct master::impl {
+namespace {
+
+struct engine {
   struct table_state {
     std::size_t index = 0;
     std::string table;
@@ -324,7 +326,7 @@ struct master::impl {
   bool bg_stop = false;
   bool bg_wake = false;
 
-  ~impl() {
+  ~engine() {
     {
       std::lock_guard<std::mutex> lk(snk->mu);
       snk->alive = false;
@@ -598,7 +600,7 @@ struct master::impl {
       // A statement that fails (constraint, SQLITE_FULL...) is undone by SQLite without telling
       // the hooks, while the transaction goes on; its change count is then 0. Conservative like
       // ROLLBACK TO: commit re-reads rows instead of trusting the cached final values.
-      auto* m = static_cast<impl*>(ctx);
+      auto* m = static_cast<engine*>(ctx);
       if (m->stmt_hook_rows != 0 && sqlite3_changes(m->db) == 0) m->rollback_to_seen = true;
       m->stmt_hook_rows = 0;
       return 0;
@@ -608,7 +610,7 @@ struct master::impl {
     // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
     // Runs at the start of every statement (each INSERT of a loop): texts already found clean
     // are remembered (compared whole, so a new statement at a reused address is rescanned).
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     const char* sql = static_cast<const char*>(x);
     for (const std::string& c : m->clean_sql)
       if (std::strcmp(c.c_str(), sql) == 0) return 0;
@@ -632,7 +634,7 @@ struct master::impl {
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
   static void on_preupdate(void* ctx, sqlite3* db, int op, const char* zdb, const char* ztab,
                            sqlite3_int64, sqlite3_int64) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
     table_state* t = m->lookup_table(ztab);
     if (!t || !t->produce) return;
@@ -690,7 +692,7 @@ struct master::impl {
 #else
   static void on_update(void* ctx, int op, const char* zdb, const char* ztab,
                         sqlite3_int64 rowid) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
     auto it = m->by_table.find(ztab);
     if (it == m->by_table.end() || !it->second->produce) return;
@@ -701,7 +703,7 @@ struct master::impl {
   // The update hook reports an UPDATE that changes the rowid under the new rowid only; a TEMP
   // trigger per table reports the old one through this function.
   static void fn_key_gone(sqlite3_context* ctx, int, sqlite3_value** argv) {
-    auto* m = static_cast<impl*>(sqlite3_user_data(ctx));
+    auto* m = static_cast<engine*>(sqlite3_user_data(ctx));
     auto ix = static_cast<std::size_t>(sqlite3_value_int64(argv[0]));
     if (m->internal_write || ix >= m->tables.size() || !m->tables[ix]->produce) return;
     value_view k = value_view::integer(sqlite3_value_int64(argv[1]));
@@ -711,7 +713,7 @@ struct master::impl {
 #endif
 
   static int on_commit(void* ctx) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (m->committing || m->internal_write) return 0;
     if (m->n_dirty == 0 && !m->dirty_overflow) return 0;
     // A commit that bypasses master::commit() would publish nothing: refuse it.
@@ -719,14 +721,14 @@ struct master::impl {
     return 1;
   }
   static void on_rollback(void* ctx) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (!m->internal_write) m->clear_dirty();
   }
   // Defeats the truncate optimisation (which skips the hooks) on registered tables: SQLite then
   // deletes row by row.
   static int on_authorize(void* ctx, int action, const char* a1, const char*, const char* zdb,
                           const char*) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (action == SQLITE_DELETE && a1 && (!zdb || std::strcmp(zdb, "main") == 0) &&
         m->by_table.count(a1))
       return SQLITE_IGNORE;
@@ -905,27 +907,31 @@ struct master::impl {
   }
 };
 
+}  // namespace
+
+struct master::impl : engine {};
+
 // ============================================================================ hooks
 
-void master::impl::install_hooks() {
+void engine::install_hooks() {
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  sqlite3_preupdate_hook(db, &impl::on_preupdate, this);
+  sqlite3_preupdate_hook(db, &engine::on_preupdate, this);
 #else
-  sqlite3_update_hook(db, &impl::on_update, this);
+  sqlite3_update_hook(db, &engine::on_update, this);
   sqlite3_create_function_v2(db, "edgecqrs_key_gone", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, this,
-                             &impl::fn_key_gone, nullptr, nullptr, nullptr);
+                             &engine::fn_key_gone, nullptr, nullptr, nullptr);
 #endif
-  sqlite3_commit_hook(db, &impl::on_commit, this);
-  sqlite3_rollback_hook(db, &impl::on_rollback, this);
-  sqlite3_set_authorizer(db, &impl::on_authorize, this);
+  sqlite3_commit_hook(db, &engine::on_commit, this);
+  sqlite3_rollback_hook(db, &engine::on_rollback, this);
+  sqlite3_set_authorizer(db, &engine::on_authorize, this);
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  sqlite3_trace_v2(db, SQLITE_TRACE_STMT | SQLITE_TRACE_PROFILE, &impl::on_trace, this);
+  sqlite3_trace_v2(db, SQLITE_TRACE_STMT | SQLITE_TRACE_PROFILE, &engine::on_trace, this);
 #endif
 }
 
 // ============================================================================ registration
 
-std::error_code master::impl::register_table(const table_options& o) {
+std::error_code engine::register_table(const table_options& o) {
   if (auto ec = validate_cqrs_id(o.cqrs_id)) {
     last_error = "invalid CQRS_ID '" + o.cqrs_id + "'";
     return ec;
@@ -1207,7 +1213,7 @@ std::error_code master::impl::register_table(const table_options& o) {
   return {};
 }
 
-std::error_code master::impl::subscribe_control(table_state& t) {
+std::error_code engine::subscribe_control(table_state& t) {
   std::weak_ptr<sink> w = snk;
   std::string id = t.cqrs_id;
   return tx->subscribe(t.control_topic, [w, id](const incoming_message& m) {
@@ -1226,7 +1232,7 @@ std::error_code master::impl::subscribe_control(table_state& t) {
   });
 }
 
-std::error_code master::impl::enqueue_schema(table_state& t, std::uint64_t& nr,
+std::error_code engine::enqueue_schema(table_state& t, std::uint64_t& nr,
                                              std::uint64_t& nb) {
   std::vector<std::uint8_t> buf;
   std::error_code ec = append_encoded(buf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
@@ -1238,7 +1244,7 @@ std::error_code master::impl::enqueue_schema(table_state& t, std::uint64_t& nr,
 
 // Runs `body` in BEGIN IMMEDIATE .. COMMIT as the library's own write (not captured); updates
 // the outbox accounting after a successful commit.
-std::error_code master::impl::internal_txn(
+std::error_code engine::internal_txn(
     const std::function<std::error_code(std::uint64_t&, std::uint64_t&)>& body) {
   std::uint64_t nr = 0, nb = 0;
   internal_write = true;
@@ -1260,7 +1266,7 @@ std::error_code master::impl::internal_txn(
 
 // ============================================================================ commit
 
-std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool& emitted) {
+std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitted) {
   emitted = false;
   table_state& t = *d.t;
   std::size_t npk = t.pk_table_cols.size();
@@ -1379,7 +1385,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   return ec;
 }
 
-std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
+std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                                     std::uint64_t& n_events) {
   if (dirty_overflow) {
     last_error = "more than max_rows_per_transaction rows changed in one transaction";
@@ -1419,7 +1425,7 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
 
 // ============================================================================ sync rows
 
-std::error_code master::impl::read_rows(
+std::error_code engine::read_rows(
     table_state& t, std::string_view where_sql, const std::vector<sql_param>& params,
     const std::function<std::error_code(std::int64_t, std::size_t, const std::uint8_t*,
                                         std::size_t)>& emit,
@@ -1536,7 +1542,7 @@ std::error_code master::impl::read_rows(
   return {};
 }
 
-std::error_code master::impl::sync_locked(table_state& t, std::string_view where_sql,
+std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
                                           const std::vector<sql_param>& params,
                                           std::string_view replica, bool resync,
                                           std::size_t* synced) {
@@ -1598,7 +1604,7 @@ std::error_code master::impl::sync_locked(table_state& t, std::string_view where
 
 // ============================================================================ publisher
 
-std::error_code master::impl::handle_completions() {
+std::error_code engine::handle_completions() {
   std::vector<completion> done;
   {
     std::lock_guard<std::mutex> lk(snk->mu);
@@ -1673,7 +1679,7 @@ std::error_code master::impl::handle_completions() {
   return {};
 }
 
-std::error_code master::impl::prune() {
+std::error_code engine::prune() {
   bool streams = kept_records > cfg.replay_keep_records || kept_bytes > cfg.replay_keep_bytes;
   if (!streams && !acked_other) return {};
   std::int64_t max_id = 0;
@@ -1742,7 +1748,7 @@ std::error_code master::impl::prune() {
 // (group commit: one fdatasync covers every record committed so far, not one per transaction;
 // nothing is queried while no new record is about to go out). In rollback-journal
 // modes a commit is synced unless synchronous=OFF (docs/capture.md).
-std::error_code master::impl::make_outbox_durable() {
+std::error_code engine::make_outbox_durable() {
   sqlite3_stmt* s = st_outbox_top.get();
   reset_guard g{s};
   int rc = sqlite3_step(s);
@@ -1771,7 +1777,7 @@ std::error_code master::impl::make_outbox_durable() {
   return {};
 }
 
-std::error_code master::impl::publish_pending() {
+std::error_code engine::publish_pending() {
   if (!tx || !tx->connected()) return {};
   std::int64_t now = clk->steady_ms();
   if (now < backoff_until) return {};
@@ -1943,7 +1949,7 @@ std::error_code master::impl::publish_pending() {
   return {};
 }
 
-void master::impl::heartbeats() {
+void engine::heartbeats() {
   if (!tx || cfg.heartbeat_interval_ms <= 0 || !tx->connected()) return;
   std::int64_t now = clk->steady_ms();
   if (now < backoff_until) return;
@@ -1973,7 +1979,7 @@ void master::impl::heartbeats() {
   }
 }
 
-std::error_code master::impl::handle_control(const std::string& cqrs_id,
+std::error_code engine::handle_control(const std::string& cqrs_id,
                                              const control_request& c) {
   auto it = by_id.find(cqrs_id);
   if (it == by_id.end()) return {};
@@ -2046,7 +2052,7 @@ std::error_code master::impl::handle_control(const std::string& cqrs_id,
   return sync_locked(t, "", {}, c.replica, true, nullptr);
 }
 
-std::error_code master::impl::poll_locked() {
+std::error_code engine::poll_locked() {
   std::error_code first;
   auto keep = [&](std::error_code e) {
     if (e && !first) first = e;
