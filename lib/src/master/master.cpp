@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,6 +61,17 @@ bool ieq(std::string_view a, std::string_view b) {
     if (x != y) return false;
   }
   return true;
+}
+
+// `v` in decimal, as std::to_string gives it (one small function instead of its instances).
+std::string decimal(std::size_t v) {
+  char buf[24];
+  char* p = buf + sizeof buf;
+  do {
+    *--p = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return std::string(p, static_cast<std::size_t>(buf + sizeof buf - p));
 }
 
 // Exact equality, as `value`'s: REALs by bit pattern, TEXT never equals BLOB.
@@ -270,13 +282,10 @@ struct engine {
   stmt st_begin, st_commit;  // master::begin / commit: prepared once, not parsed per transaction
   std::error_code step_ctl(stmt& s, const char* what) {
     int rc = sqlite3_step(s.get());
-    if (rc != SQLITE_DONE) {
-      last_error = std::string(what) + ": " + sqlite3_errmsg(db);
-      sqlite3_reset(s.get());
-      return make_error_code(errc::sqlite_error);
-    }
+    std::error_code ec;
+    if (rc != SQLITE_DONE) ec = sql_fail(what);  // before the reset, which may change the message
     sqlite3_reset(s.get());
-    return {};
+    return ec;
   }
 
   // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
@@ -335,16 +344,25 @@ struct engine {
   }
 
   // ---------- errors ----------
-  std::error_code sql_fail(const char* what) {
-    last_error = std::string(what) + ": " + sqlite3_errmsg(db);
-    return make_error_code(errc::sqlite_error);
+  // Sets last_error to the concatenation of `parts` and returns `e` (out of line: the many
+  // error paths share one copy of the string building).
+  __attribute__((noinline, cold)) std::error_code fail(
+      errc e, std::initializer_list<std::string_view> parts) {
+    std::string msg;
+    for (std::string_view p : parts) msg.append(p.data(), p.size());
+    last_error = std::move(msg);
+    return make_error_code(e);
+  }
+  __attribute__((noinline, cold)) std::error_code sql_fail(const char* what) {
+    return fail(errc::sqlite_error, {what, ": ", sqlite3_errmsg(db)});
   }
   std::error_code exec(const char* sql) {
     char* err = nullptr;
     if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      last_error = std::string(sql).substr(0, 40) + ": " + (err ? err : "?");
+      std::error_code ec =
+          fail(errc::sqlite_error, {std::string_view(sql).substr(0, 40), ": ", err ? err : "?"});
       sqlite3_free(err);
-      return make_error_code(errc::sqlite_error);
+      return ec;
     }
     return {};
   }
@@ -933,13 +951,11 @@ void engine::install_hooks() {
 
 std::error_code engine::register_table(const table_options& o) {
   if (auto ec = validate_cqrs_id(o.cqrs_id)) {
-    last_error = "invalid CQRS_ID '" + o.cqrs_id + "'";
+    fail(errc::invalid_argument, {"invalid CQRS_ID '", o.cqrs_id, "'"});
     return ec;
   }
-  if (by_id.count(o.cqrs_id)) {
-    last_error = "CQRS_ID '" + o.cqrs_id + "' is already registered";
-    return make_error_code(errc::duplicate_cqrs_id);
-  }
+  if (by_id.count(o.cqrs_id))
+    return fail(errc::duplicate_cqrs_id, {"CQRS_ID '", o.cqrs_id, "' is already registered"});
   // The canonical name as stored in the schema (the hooks report that spelling).
   std::string canon;
   {
@@ -950,33 +966,27 @@ std::error_code engine::register_table(const table_options& o) {
     sqlite3_bind_text(q.get(), 1, o.table.data(), static_cast<int>(o.table.size()),
                       SQLITE_STATIC);
     if (sqlite3_step(q.get()) != SQLITE_ROW) {
-      last_error = "no such table: '" + o.table + "'";
-      return make_error_code(errc::unknown_table);
+      return fail(errc::unknown_table, {"no such table: '", o.table, "'"});
     }
     canon = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
     std::string type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
     bool without_rowid = sqlite3_column_int(q.get(), 2) != 0;
     if (type != "table") {
-      last_error = "'" + canon + "' is a " + type + ", only ordinary tables can be captured";
-      return make_error_code(errc::unsupported_table);
+      return fail(errc::unsupported_table, {"'", canon, "' is a ", type, ", only ordinary tables can be captured"});
     }
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
     if (without_rowid) {
-      last_error = "'" + canon + "' is WITHOUT ROWID: capture needs the pre-update hook, which "
-                   "this build lacks";
-      return make_error_code(errc::unsupported_table);
+      return fail(errc::unsupported_table, {"'", canon, "' is WITHOUT ROWID: capture needs the pre-update hook, which " "this build lacks"});
     }
 #else
     (void)without_rowid;
 #endif
     if (canon.rfind("edgecqrs_", 0) == 0 || canon.rfind("sqlite_", 0) == 0) {
-      last_error = "'" + canon + "' is an internal table";
-      return make_error_code(errc::unsupported_table);
+      return fail(errc::unsupported_table, {"'", canon, "' is an internal table"});
     }
   }
   if (by_table.count(canon)) {
-    last_error = "table '" + canon + "' is already registered";
-    return make_error_code(errc::already_registered);
+    return fail(errc::already_registered, {"table '", canon, "' is already registered"});
   }
   auto t = std::make_unique<table_state>();
   t->index = tables.size();
@@ -1010,8 +1020,7 @@ std::error_code engine::register_table(const table_options& o) {
     }
   }
   if (pk_order.empty()) {
-    last_error = "table '" + canon + "' has no PRIMARY KEY";
-    return make_error_code(errc::missing_primary_key);
+    return fail(errc::missing_primary_key, {"table '", canon, "' has no PRIMARY KEY"});
   }
   // Column affinity rules of SQLite (datatype3.html §3.1): only REAL matters here.
   for (auto& c : tcols) {
@@ -1035,9 +1044,7 @@ std::error_code engine::register_table(const table_options& o) {
   }
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
   if (!t->rowid_alias) {
-    last_error = "table '" + canon + "': without the pre-update hook only tables keyed by an "
-                 "INTEGER PRIMARY KEY (rowid) can be captured";
-    return make_error_code(errc::unsupported_table);
+    return fail(errc::unsupported_table, {"table '", canon, "': without the pre-update hook only tables keyed by an " "INTEGER PRIMARY KEY (rowid) can be captured"});
   }
 #endif
   auto table_col = [&](const std::string& name) -> int {
@@ -1048,22 +1055,20 @@ std::error_code engine::register_table(const table_options& o) {
   std::string where;
   for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) {
     if (i) where += " AND ";
-    where += quote_ident(tcols[t->pk_table_cols[i]].name) + "=?" + std::to_string(i + 1);
+    where += quote_ident(tcols[t->pk_table_cols[i]].name) + "=?" + decimal(i + 1);
   }
   t->where_pk = where;
 
   // Stream columns.
   if (!o.serializer_sql.empty()) {
     if (!o.columns.empty()) {
-      last_error = "columns and serializer_sql are exclusive";
-      return make_error_code(errc::invalid_argument);
+      return fail(errc::invalid_argument, {"columns and serializer_sql are exclusive"});
     }
     if (t->read_custom.prepare(db, o.serializer_sql)) return sql_fail("serializer_sql");
     int n = sqlite3_column_count(t->read_custom.get());
     if (sqlite3_bind_parameter_count(t->read_custom.get()) !=
         static_cast<int>(t->pk_table_cols.size())) {
-      last_error = "serializer_sql must take exactly one parameter per primary-key column";
-      return make_error_code(errc::invalid_argument);
+      return fail(errc::invalid_argument, {"serializer_sql must take exactly one parameter per primary-key column"});
     }
     for (int i = 0; i < n; ++i) {
       column_def c;
@@ -1079,13 +1084,11 @@ std::error_code engine::register_table(const table_options& o) {
     for (auto& n : names) {
       int c = table_col(n);
       if (c < 0) {
-        last_error = "table '" + canon + "' has no column '" + n + "'";
-        return make_error_code(errc::unknown_column);
+        return fail(errc::unknown_column, {"table '", canon, "' has no column '", n, "'"});
       }
       for (int prev : t->sel_table_cols)
         if (prev == c) {
-          last_error = "column '" + n + "' listed twice";
-          return make_error_code(errc::invalid_argument);
+          return fail(errc::invalid_argument, {"column '", n, "' listed twice"});
         }
       t->sel_table_cols.push_back(c);
       t->sch.columns.push_back(tcols[static_cast<std::size_t>(c)]);
@@ -1107,23 +1110,19 @@ std::error_code engine::register_table(const table_options& o) {
       }
     }
     if (!found) {
-      last_error = "columns of '" + o.cqrs_id + "' must include primary-key column '" +
-                   tcols[static_cast<std::size_t>(pkc)].name + "'";
-      return make_error_code(errc::missing_primary_key);
+      return fail(errc::missing_primary_key, {"columns of '", o.cqrs_id, "' must include primary-key column '", tcols[static_cast<std::size_t>(pkc)].name, "'"});
     }
   }
   for (auto& n : o.tracked) {
     int c = table_col(n);
     if (c < 0) {
-      last_error = "table '" + canon + "' has no tracked column '" + n + "'";
-      return make_error_code(errc::unknown_column);
+      return fail(errc::unknown_column, {"table '", canon, "' has no tracked column '", n, "'"});
     }
     std::uint32_t sc = UINT32_MAX;
     for (std::size_t i = 0; i < t->sch.columns.size(); ++i)
       if (ieq(t->sch.columns[i].name, n)) sc = static_cast<std::uint32_t>(i);
     if (sc == UINT32_MAX) {
-      last_error = "tracked column '" + n + "' is not among the columns sent";
-      return make_error_code(errc::unknown_column);
+      return fail(errc::unknown_column, {"tracked column '", n, "' is not among the columns sent"});
     }
     t->tracked.emplace_back(sc, c);
   }
@@ -1191,10 +1190,10 @@ std::error_code engine::register_table(const table_options& o) {
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
   {
     std::string trig = "CREATE TEMP TRIGGER IF NOT EXISTS " +
-                       quote_ident("edgecqrs_key_gone_" + std::to_string(tp->index)) +
+                       quote_ident("edgecqrs_key_gone_" + decimal(tp->index)) +
                        " AFTER UPDATE ON main." + quote_ident(canon) +
                        " WHEN old.rowid IS NOT new.rowid BEGIN SELECT edgecqrs_key_gone(" +
-                       std::to_string(tp->index) + ", old.rowid); END";
+                       decimal(tp->index) + ", old.rowid); END";
     internal_write = true;
     std::error_code te = exec(trig.c_str());
     internal_write = false;
@@ -1325,8 +1324,7 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
       bind_view(rc_stmt, static_cast<int>(i + 1), cell(d.pk_at + i));
     int r2 = sqlite3_step(rc_stmt);
     if (r2 == SQLITE_DONE) {
-      last_error = "serializer_sql of '" + t.cqrs_id + "' returned no row";
-      return make_error_code(errc::serialization_failed);
+      return fail(errc::serialization_failed, {"serializer_sql of '", t.cqrs_id, "' returned no row"});
     }
     if (r2 != SQLITE_ROW) return sql_fail("serializer_sql");
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(rc_stmt, static_cast<int>(i));
@@ -1343,8 +1341,7 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
     owned.reserve(ncol);
     for (auto& v : vals) owned.push_back(value::from(v));
     if (t.serializer(rr, owned) || owned.size() != ncol) {
-      last_error = "serializer of '" + t.cqrs_id + "' failed";
-      return make_error_code(errc::serialization_failed);
+      return fail(errc::serialization_failed, {"serializer of '", t.cqrs_id, "' failed"});
     }
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
   }
@@ -1388,8 +1385,7 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
 std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                                     std::uint64_t& n_events) {
   if (dirty_overflow) {
-    last_error = "more than max_rows_per_transaction rows changed in one transaction";
-    return make_error_code(errc::outbox_full);
+    return fail(errc::outbox_full, {"more than max_rows_per_transaction rows changed in one transaction"});
   }
   if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
@@ -1445,13 +1441,10 @@ std::error_code engine::read_rows(
   sql += " ORDER BY " + pk_cols;
   stmt q;
   if (q.prepare(db, sql)) {
-    last_error = "sync WHERE: " + std::string(sqlite3_errmsg(db));
-    return make_error_code(errc::invalid_argument);
+    return fail(errc::invalid_argument, {"sync WHERE: ", sqlite3_errmsg(db)});
   }
   if (sqlite3_bind_parameter_count(q.get()) != static_cast<int>(params.size())) {
-    last_error = "sync WHERE takes " + std::to_string(sqlite3_bind_parameter_count(q.get())) +
-                 " parameters, " + std::to_string(params.size()) + " given";
-    return make_error_code(errc::invalid_argument);
+    return fail(errc::invalid_argument, {"sync WHERE takes ", decimal(static_cast<std::size_t>(sqlite3_bind_parameter_count(q.get()))), " parameters, ", decimal(params.size()), " given"});
   }
   for (std::size_t i = 0; i < params.size(); ++i)
     bind_view(q.get(), static_cast<int>(i + 1), params[i].view());
@@ -1499,8 +1492,7 @@ std::error_code engine::read_rows(
       owned.clear();
       for (auto& v : vals) owned.push_back(value::from(v));
       if (t.serializer(rr, owned) || owned.size() != ncol) {
-        last_error = "serializer of '" + t.cqrs_id + "' failed";
-        return make_error_code(errc::serialization_failed);
+        return fail(errc::serialization_failed, {"serializer of '", t.cqrs_id, "' failed"});
       }
       for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
     }
@@ -1769,8 +1761,7 @@ std::error_code engine::make_outbox_durable() {
       wal->pMethods) {
     rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
     if (rc != SQLITE_OK) {
-      last_error = "outbox sync before publishing failed: " + std::string(sqlite3_errstr(rc));
-      return make_error_code(errc::sqlite_error);
+      return fail(errc::sqlite_error, {"outbox sync before publishing failed: ", sqlite3_errstr(rc)});
     }
   }
   durable_upto = top;
@@ -2178,8 +2169,7 @@ std::error_code master::commit() {
     // The body committed or rolled back by itself (plain SQL): our transaction is gone.
     m.clear_dirty();
     finish();
-    m.last_error = "the transaction was ended outside master::commit()";
-    return make_error_code(errc::not_in_transaction);
+    return m.fail(errc::not_in_transaction, {"the transaction was ended outside master::commit()"});
   }
   std::uint64_t nr = 0, nb = 0, ne = 0;
   m.internal_write = true;
