@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 
 #include "edgecqrs/codec.hpp"
@@ -114,6 +115,26 @@ class byte_buffer {
  private:
   std::unique_ptr<std::uint8_t[]> p_;
   std::size_t n_ = 0, cap_ = 0;
+};
+
+// A non-owning reference to a callable, for internal callbacks that are only called during the
+// call that receives them (no std::function copy, manager or type information).
+template <class Sig>
+class fn_ref;
+template <class R, class... A>
+class fn_ref<R(A...)> {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same<std::decay_t<F>, fn_ref>::value>>
+  fn_ref(F&& f)  // NOLINT(google-explicit-constructor): used like std::function
+      : obj_(const_cast<void*>(static_cast<const void*>(&f))),
+        call_([](void* o, A... a) -> R {
+          return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<A>(a)...);
+        }) {}
+  R operator()(A... a) const { return call_(obj_, std::forward<A>(a)...); }
+
+ private:
+  void* obj_;
+  R (*call_)(void*, A...);
 };
 
 template <class Buf, class F>
@@ -880,9 +901,9 @@ struct engine {
   // Reads rows of `t` matching where_sql and hands groups of sync events to `emit`.
   std::error_code read_rows(table_state& t, std::string_view where_sql,
                             const std::vector<sql_param>& params,
-                            const std::function<std::error_code(std::int64_t t0, std::size_t n,
-                                                                const std::uint8_t* grp,
-                                                                std::size_t size)>& emit,
+                            fn_ref<std::error_code(std::int64_t t0, std::size_t n,
+                                                   const std::uint8_t* grp, std::size_t size)>
+                                emit,
                             std::size_t& rows);
 
   // ---------- publisher ----------
@@ -897,8 +918,7 @@ struct engine {
   std::error_code sync_locked(table_state& t, std::string_view where_sql,
                               const std::vector<sql_param>& params, std::string_view replica,
                               bool resync, std::size_t* synced);
-  std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
-                                                                   std::uint64_t&)>& body);
+  std::error_code internal_txn(fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body);
   std::error_code subscribe_control(table_state& t);
   // The hooks name the table with SQLite's own (stable) string: remember the last one.
   const char* last_name = nullptr;
@@ -1244,7 +1264,7 @@ std::error_code engine::enqueue_schema(table_state& t, std::uint64_t& nr,
 // Runs `body` in BEGIN IMMEDIATE .. COMMIT as the library's own write (not captured); updates
 // the outbox accounting after a successful commit.
 std::error_code engine::internal_txn(
-    const std::function<std::error_code(std::uint64_t&, std::uint64_t&)>& body) {
+    fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body) {
   std::uint64_t nr = 0, nb = 0;
   internal_write = true;
   std::error_code ec = exec("BEGIN IMMEDIATE");
@@ -1423,8 +1443,7 @@ std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_byt
 
 std::error_code engine::read_rows(
     table_state& t, std::string_view where_sql, const std::vector<sql_param>& params,
-    const std::function<std::error_code(std::int64_t, std::size_t, const std::uint8_t*,
-                                        std::size_t)>& emit,
+    fn_ref<std::error_code(std::int64_t, std::size_t, const std::uint8_t*, std::size_t)> emit,
     std::size_t& rows) {
   rows = 0;
   // Keys of the matching rows first, then each row through the same path as capture.
