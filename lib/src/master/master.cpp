@@ -8,7 +8,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -175,7 +174,7 @@ struct engine {
     bool produce = true;
     bool rowid_alias = false;                 // single INTEGER PRIMARY KEY column
     bool cache_final = false;                 // final values may come from the pre-update hook
-    std::vector<bool> real_affinity;          // per table column
+    std::vector<std::uint8_t> real_affinity;  // per table column: 1 REAL
     std::vector<int> sel_table_cols;          // table column index per stream column (no SQL)
     std::vector<int> pk_table_cols;           // table column index per pk column
     std::vector<int> pk_sel_pos;              // per pk column: its index in sel_table_cols or -1
@@ -230,7 +229,7 @@ struct engine {
     std::mutex mu;
     bool alive = true;
     std::vector<completion> done;
-    std::deque<std::pair<std::string, control_request>> control;
+    std::vector<std::pair<std::string, control_request>> control;
     std::size_t max_control = 64;
     std::uint64_t control_dropped = 0;
     std::condition_variable* wake = nullptr;
@@ -1019,7 +1018,7 @@ std::error_code engine::register_table(const table_options& o) {
 
   // Table columns and primary key.
   std::vector<column_def> tcols;
-  std::vector<bool> tgenerated;
+  bool generated = false;  // any generated column
   std::vector<std::pair<int, int>> pk_order;  // (pk position, table column)
   {
     stmt q;
@@ -1034,7 +1033,7 @@ std::error_code engine::register_table(const table_options& o) {
       c.decl_type = ty ? reinterpret_cast<const char*>(ty) : "";
       int pk = sqlite3_column_int(q.get(), 2);
       int hidden = sqlite3_column_int(q.get(), 3);
-      tgenerated.push_back(hidden == 2 || hidden == 3);
+      generated = generated || hidden == 2 || hidden == 3;
       if (pk > 0) pk_order.emplace_back(pk, static_cast<int>(tcols.size()));
       tcols.push_back(std::move(c));
     }
@@ -1051,7 +1050,10 @@ std::error_code engine::register_table(const table_options& o) {
                 !ty.empty() && (has("REAL") || has("FLOA") || has("DOUB"));
     t->real_affinity.push_back(real);
   }
-  std::sort(pk_order.begin(), pk_order.end());
+  // Sorted by pk position (insertion sort: a handful of entries).
+  for (std::size_t i = 1; i < pk_order.size(); ++i)
+    for (std::size_t j = i; j > 0 && pk_order[j] < pk_order[j - 1]; --j)
+      std::swap(pk_order[j], pk_order[j - 1]);
   for (auto& p : pk_order) t->pk_table_cols.push_back(p.second);
   t->rowid_alias = pk_order.size() == 1 && ieq(tcols[pk_order[0].second].decl_type, "INTEGER");
   {
@@ -1150,8 +1152,6 @@ std::error_code engine::register_table(const table_options& o) {
   // Old values of every stream column (table columns) detect no-op changes (SET x = x, changes
   // undone by ROLLBACK TO) and give tracked previous values. Generated columns are computed
   // after the hook: a table with any re-reads final values and skips old-value comparisons.
-  bool generated = false;
-  for (bool g : tgenerated) generated = generated || g;
   if (!generated) {
     if (o.serializer_sql.empty())
       t->compare_table_cols = t->sel_table_cols;
@@ -2069,7 +2069,7 @@ std::error_code engine::poll_locked() {
   };
   keep(handle_completions());
   keep(prune());
-  std::deque<std::pair<std::string, control_request>> ctl;
+  std::vector<std::pair<std::string, control_request>> ctl;
   {
     std::lock_guard<std::mutex> lk(snk->mu);
     ctl.swap(snk->control);
