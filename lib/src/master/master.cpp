@@ -243,8 +243,18 @@ struct engine {
   std::array<std::uint8_t, 16> incarnation{};
   std::vector<std::unique_ptr<table_state>> tables;
   std::unordered_map<std::string, table_state*> by_table;
-  std::map<std::string, table_state*, std::less<>> by_id;
-  std::map<std::int64_t, table_state*> by_stream;
+  // Registered tables by CQRS_ID / stream id: a scan of `tables` (a few entries, cold paths).
+  // `tables` grows under stats_mu too, for schema_of and head_seq.
+  table_state* find_id(std::string_view cqrs_id) const {
+    for (auto& t : tables)
+      if (t->cqrs_id == cqrs_id) return t.get();
+    return nullptr;
+  }
+  table_state* find_stream(std::int64_t stream) const {
+    for (auto& t : tables)
+      if (t->stream_id == stream) return t.get();
+    return nullptr;
+  }
 
   // capture state (touched by SQLite hooks on the writing thread)
   std::vector<dirty_row> dirty;
@@ -973,7 +983,7 @@ std::error_code engine::register_table(const table_options& o) {
     fail(errc::invalid_argument, {"invalid CQRS_ID '", o.cqrs_id, "'"});
     return ec;
   }
-  if (by_id.count(o.cqrs_id))
+  if (find_id(o.cqrs_id))
     return fail(errc::duplicate_cqrs_id, {"CQRS_ID '", o.cqrs_id, "' is already registered"});
   // The canonical name as stored in the schema (the hooks report that spelling).
   std::string canon;
@@ -1223,11 +1233,9 @@ std::error_code engine::register_table(const table_options& o) {
   {
     std::lock_guard<std::mutex> lk(stats_mu);
     by_table[canon] = tp;
-    by_id[o.cqrs_id] = tp;
+    tables.push_back(std::move(t));
   }
-  by_stream[tp->stream_id] = tp;
   tp->head = tp->next_seq - 1;
-  tables.push_back(std::move(t));
   if (tx) subscribe_control(*tp);
   return {};
 }
@@ -1809,13 +1817,13 @@ std::error_code engine::publish_pending() {
     inflight_msg m;
     m.stream = sqlite3_column_int64(s, 1);
     int kind = sqlite3_column_int(s, 2);
-    auto st_it = by_stream.find(m.stream);
-    if (st_it == by_stream.end()) {
+    table_state* tsp = find_stream(m.stream);
+    if (!tsp) {
       // A stream no longer registered: its records wait until it is registered again.
       cursor = sqlite3_column_int64(s, 0);
       continue;
     }
-    table_state& t = *st_it->second;
+    table_state& t = *tsp;
     std::string topic;
     publish_options opts;
     msgbuf.clear();
@@ -1991,9 +1999,9 @@ void engine::heartbeats() {
 
 std::error_code engine::handle_control(const std::string& cqrs_id,
                                              const control_request& c) {
-  auto it = by_id.find(cqrs_id);
-  if (it == by_id.end()) return {};
-  table_state& t = *it->second;
+  table_state* tsp = find_id(cqrs_id);
+  if (!tsp) return {};
+  table_state& t = *tsp;
   if (validate_replica_name(c.replica)) return {};
   {
     std::lock_guard<std::mutex> lk(stats_mu);
@@ -2156,9 +2164,9 @@ std::error_code master::register_table(const table_options& opts) {
 
 bool master::schema_of(std::string_view cqrs_id, schema& out) const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
-  auto it = impl_->by_id.find(cqrs_id);
-  if (it == impl_->by_id.end()) return false;
-  out = it->second->sch;
+  const auto* t = impl_->find_id(cqrs_id);
+  if (!t) return false;
+  out = t->sch;
   return true;
 }
 
@@ -2250,9 +2258,9 @@ std::error_code master::sync(std::string_view cqrs_id, std::string_view where_sq
   if (!replica.empty())
     if (auto ec = validate_replica_name(replica)) return ec;
   std::lock_guard<std::mutex> lk(m.txn_mu);
-  auto it = m.by_id.find(cqrs_id);
-  if (it == m.by_id.end()) return make_error_code(errc::unknown_stream);
-  return m.sync_locked(*it->second, where_sql, params, replica, false, synced);
+  auto* tp = m.find_id(cqrs_id);
+  if (!tp) return make_error_code(errc::unknown_stream);
+  return m.sync_locked(*tp, where_sql, params, replica, false, synced);
 }
 
 std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
@@ -2267,9 +2275,9 @@ std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
   if (m.in_txn && m.txn_owner == std::this_thread::get_id())
     return make_error_code(errc::nested_transaction);
   std::lock_guard<std::mutex> lk(m.txn_mu);
-  auto it = m.by_id.find(cqrs_id);
-  if (it == m.by_id.end()) return make_error_code(errc::unknown_stream);
-  auto& t = *it->second;
+  auto* tp = m.find_id(cqrs_id);
+  if (!tp) return make_error_code(errc::unknown_stream);
+  auto& t = *tp;
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (!f) return make_error_code(errc::io_error);
   std::vector<std::uint8_t> out;
@@ -2381,8 +2389,8 @@ master_stats master::stats() const {
 
 std::uint64_t master::head_seq(std::string_view cqrs_id) const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
-  auto it = impl_->by_id.find(cqrs_id);
-  return it == impl_->by_id.end() ? 0 : it->second->head.load();
+  const auto* t = impl_->find_id(cqrs_id);
+  return t ? t->head.load() : 0;
 }
 
 std::string master::last_error_message() const { return impl_->last_error; }
