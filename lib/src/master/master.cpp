@@ -354,6 +354,21 @@ struct engine {
   int consecutive_failures = 0;
   std::int64_t durable_upto = 0;  // outbox ids at or below it are known to be on disk
   std::shared_ptr<sink> snk = std::make_shared<sink>();
+  // Completion callback of a publish (one type for messages and heartbeats): queues the
+  // result in the sink; `wake` also wakes the background thread.
+  struct publish_done {
+    std::weak_ptr<sink> w;
+    std::uint64_t no;
+    bool wake;
+    void operator()(std::error_code e) const {
+      auto sp = w.lock();
+      if (!sp) return;
+      std::lock_guard<std::mutex> lk(sp->mu);
+      if (!sp->alive) return;
+      sp->done.push_back({no, e});
+      if (wake && sp->wake) sp->wake->notify_one();
+    }
+  };
 
   mutable std::mutex stats_mu;
   master_stats st;
@@ -1937,16 +1952,8 @@ std::error_code engine::publish_pending() {
     if (m.ids.back() > durable_upto)
       if (auto ec = make_outbox_durable()) return ec;
     std::uint64_t no = next_msg_no++;
-    std::weak_ptr<sink> w = snk;
-    std::error_code ec = tx->publish(topic, msgbuf.data(), msgbuf.size(), opts,
-                                     [w, no](std::error_code e) {
-                                       auto sp = w.lock();
-                                       if (!sp) return;
-                                       std::lock_guard<std::mutex> lk(sp->mu);
-                                       if (!sp->alive) return;
-                                       sp->done.push_back({no, e});
-                                       if (sp->wake) sp->wake->notify_one();
-                                     });
+    std::error_code ec =
+        tx->publish(topic, msgbuf.data(), msgbuf.size(), opts, publish_done{snk, no, true});
     if (ec) {
       // Not queued (window full, disconnected): retry after a backoff, nothing lost.
       std::lock_guard<std::mutex> lk(stats_mu);
@@ -1981,13 +1988,7 @@ void engine::heartbeats() {
     std::size_t w = 0;
     if (encode_message_head(t.sch.schema_tag, t.next_seq, 0, false, buf, sizeof buf, w)) continue;
     std::uint64_t no = next_msg_no++;
-    std::weak_ptr<sink> wk = snk;
-    if (tx->publish(t.event_topic, buf, w, publish_options{}, [wk, no](std::error_code e) {
-          auto sp = wk.lock();
-          if (!sp) return;
-          std::lock_guard<std::mutex> lk(sp->mu);
-          if (sp->alive) sp->done.push_back({no, e});
-        }))
+    if (tx->publish(t.event_topic, buf, w, publish_options{}, publish_done{snk, no, false}))
       return;
     inflight_msg m;
     m.stream = t.stream_id;
