@@ -419,27 +419,31 @@ struct engine {
     if (!ec) ec = load_incarnation();
     internal_write = false;
     if (ec) return ec;
-    if (st_version.prepare(db,
-                           "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) "
-                           "VALUES(?1,?2,?3,?4)") ||
-        st_version_upd.prepare(db,
-                               "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 "
-                               "WHERE stream=?1 AND key=?2") ||
-        st_version_get.prepare(db,
-                               "SELECT version, updated_ms FROM edgecqrs_version "
-                               "WHERE stream=?1 AND key=?2") ||
-        st_outbox_insert.prepare(db,
-                                 "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,"
-                                 "target,ext,body) VALUES(?1,?2,?3,?4,?5,?6,?7)") ||
-        st_stream_update.prepare(db, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1") ||
-        st_pending.prepare(db,
-                           "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
-                           "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
-        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0") ||
-        st_outbox_top.prepare(db, "SELECT max(id) FROM edgecqrs_outbox") ||
-        st_sync_level.prepare(db, "PRAGMA synchronous") ||
-        st_begin.prepare(db, "BEGIN IMMEDIATE") || st_commit.prepare(db, "COMMIT"))
-      return sql_fail("prepare");
+    static const struct {
+      stmt engine::*st;
+      const char* sql;
+    } kStatements[] = {
+        {&engine::st_version,
+         "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) VALUES(?1,?2,?3,?4)"},
+        {&engine::st_version_upd,
+         "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 WHERE stream=?1 AND key=?2"},
+        {&engine::st_version_get,
+         "SELECT version, updated_ms FROM edgecqrs_version WHERE stream=?1 AND key=?2"},
+        {&engine::st_outbox_insert,
+         "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,target,ext,body) "
+         "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
+        {&engine::st_stream_update, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1"},
+        {&engine::st_pending,
+         "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM edgecqrs_outbox WHERE "
+         "id>?1 AND acked=0 ORDER BY id LIMIT ?2"},
+        {&engine::st_ack, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"},
+        {&engine::st_outbox_top, "SELECT max(id) FROM edgecqrs_outbox"},
+        {&engine::st_sync_level, "PRAGMA synchronous"},
+        {&engine::st_begin, "BEGIN IMMEDIATE"},
+        {&engine::st_commit, "COMMIT"},
+    };
+    for (const auto& k : kStatements)
+      if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
     stmt q;
     if (q.prepare(db,
                   "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
