@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -212,6 +211,7 @@ struct engine {
   };
 
   struct inflight_msg {
+    std::uint64_t no = 0;  // message number (completion key)
     std::vector<std::int64_t> ids;
     std::vector<int> kinds;
     std::vector<std::uint64_t> bytes;
@@ -347,7 +347,7 @@ struct engine {
   bool acked_other = true;  // acknowledged non-stream rows may await deletion
   // publisher
   std::int64_t cursor = 0;
-  std::map<std::uint64_t, inflight_msg> inflight;
+  std::vector<inflight_msg> inflight;  // unordered; at most the window (<= 90)
   std::unordered_map<std::int64_t, bool> inflight_ids;
   std::uint64_t next_msg_no = 1;
   std::int64_t backoff_until = 0;
@@ -1651,10 +1651,12 @@ std::error_code engine::handle_completions() {
   if (done.empty()) return {};
   std::vector<inflight_msg> acked;
   for (auto& c : done) {
-    auto it = inflight.find(c.msg_no);
-    if (it == inflight.end()) continue;
-    inflight_msg m = std::move(it->second);
-    inflight.erase(it);
+    std::size_t k = 0;
+    while (k < inflight.size() && inflight[k].no != c.msg_no) ++k;
+    if (k == inflight.size()) continue;
+    inflight_msg m = std::move(inflight[k]);
+    if (k + 1 != inflight.size()) inflight[k] = std::move(inflight.back());
+    inflight.pop_back();
     for (auto id : m.ids) inflight_ids.erase(id);
     if (c.ec) {
       std::lock_guard<std::mutex> lk(stats_mu);
@@ -1973,7 +1975,8 @@ std::error_code engine::publish_pending() {
       cursor = std::max(cursor, id);
     }
     t.last_publish_ms = now;
-    inflight.emplace(no, std::move(m));
+    m.no = no;
+    inflight.push_back(std::move(m));
   }
   return {};
 }
@@ -1997,7 +2000,8 @@ void engine::heartbeats() {
     inflight_msg m;
     m.stream = t.stream_id;
     m.heartbeat = true;
-    inflight.emplace(no, std::move(m));
+    m.no = no;
+    inflight.push_back(std::move(m));
     t.last_publish_ms = now;
   }
 }
