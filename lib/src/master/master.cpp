@@ -242,12 +242,18 @@ struct engine {
   clock* clk = nullptr;
   std::array<std::uint8_t, 16> incarnation{};
   std::vector<std::unique_ptr<table_state>> tables;
-  std::unordered_map<std::string, table_state*> by_table;
   // Registered tables by CQRS_ID / stream id: a scan of `tables` (a few entries, cold paths).
   // `tables` grows under stats_mu too, for schema_of and head_seq.
   table_state* find_id(std::string_view cqrs_id) const {
     for (auto& t : tables)
       if (t->cqrs_id == cqrs_id) return t.get();
+    return nullptr;
+  }
+  // By the table's canonical name (as the hooks report it): a scan, cheaper than hashing a
+  // string for the few tables a device registers.
+  table_state* find_table(const char* name) const {
+    for (auto& t : tables)
+      if (std::strcmp(t->table.c_str(), name) == 0) return t.get();
     return nullptr;
   }
   table_state* find_stream(std::int64_t stream) const {
@@ -761,11 +767,11 @@ struct engine {
                         sqlite3_int64 rowid) {
     auto* m = static_cast<engine*>(ctx);
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
-    auto it = m->by_table.find(ztab);
-    if (it == m->by_table.end() || !it->second->produce) return;
+    table_state* t = m->find_table(ztab);
+    if (!t || !t->produce) return;
     value_view k = value_view::integer(rowid);
     bool fresh = false;
-    m->touch(it->second, &k, op != SQLITE_INSERT, fresh);
+    m->touch(t, &k, op != SQLITE_INSERT, fresh);
   }
   // The update hook reports an UPDATE that changes the rowid under the new rowid only; a TEMP
   // trigger per table reports the old one through this function.
@@ -797,7 +803,7 @@ struct engine {
                           const char*) {
     auto* m = static_cast<engine*>(ctx);
     if (action == SQLITE_DELETE && a1 && (!zdb || std::strcmp(zdb, "main") == 0) &&
-        m->by_table.count(a1))
+        m->find_table(a1))
       return SQLITE_IGNORE;
     return SQLITE_OK;
   }
@@ -954,8 +960,7 @@ struct engine {
   table_state* lookup_table(const char* ztab) {
     if (ztab == last_name && last_table && std::strcmp(last_table->table.c_str(), ztab) == 0)
       return last_table;
-    auto it = by_table.find(ztab);
-    table_state* t = it == by_table.end() ? nullptr : it->second;
+    table_state* t = find_table(ztab);
     if (t) {
       last_name = ztab;
       last_table = t;
@@ -1033,7 +1038,7 @@ std::error_code engine::register_table(const table_options& o) {
       return fail(errc::unsupported_table, {"'", canon, "' is an internal table"});
     }
   }
-  if (by_table.count(canon)) {
+  if (find_table(canon.c_str())) {
     return fail(errc::already_registered, {"table '", canon, "' is already registered"});
   }
   auto t = std::make_unique<table_state>();
@@ -1251,7 +1256,6 @@ std::error_code engine::register_table(const table_options& o) {
 #endif
   {
     std::lock_guard<std::mutex> lk(stats_mu);
-    by_table[canon] = tp;
     tables.push_back(std::move(t));
   }
   tp->head = tp->next_seq - 1;
