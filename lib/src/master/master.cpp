@@ -1517,14 +1517,10 @@ std::error_code engine::read_rows(
     return ec;
   };
   int rc;
+  // The key values are read in place: q does not step until the row is done.
+  std::vector<value_view> pkv(npk);
   while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
-    std::vector<value> pk;
-    pk.reserve(npk);
-    std::vector<value_view> pkv(npk);
-    for (std::size_t i = 0; i < npk; ++i) {
-      pk.push_back(value::from(column_view(q.get(), static_cast<int>(i))));
-      pkv[i] = pk.back().view();
-    }
+    for (std::size_t i = 0; i < npk; ++i) pkv[i] = column_view(q.get(), static_cast<int>(i));
     std::string key = encode_key(pkv.data(), npk);
     sqlite3_stmt* src;
     sqlite3_stmt* rf = t.serializer_sql.empty() ? t.read_final.get() : t.read_custom.get();
