@@ -135,8 +135,11 @@ class fn_ref<R(A...)> {
   R (*call_)(void*, A...);
 };
 
-template <class Buf, class F>
-std::error_code append_encoded(Buf& out, F&& enc) {
+// The encoder is called through a fn_ref: one copy of this loop per buffer type, not one per
+// call site.
+template <class Buf>
+std::error_code append_encoded(
+    Buf& out, fn_ref<std::error_code(std::uint8_t*, std::size_t, std::size_t&)> enc) {
   std::size_t len = out.size();
   // Most items are small: try a modest window first (resize zero-fills it).
   std::size_t room = 512;
