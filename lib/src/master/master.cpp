@@ -913,6 +913,20 @@ struct engine {
     return v + 1;
   }
 
+  // Runs the table's serializer on row `rr` (whose values are `vals`): `vals` then view the
+  // serialized values, kept in `owned`.
+  __attribute__((noinline)) std::error_code serialize(const table_state& t, const row_ref& rr,
+                                                      std::vector<value_view>& vals,
+                                                      std::vector<value>& owned) {
+    std::size_t ncol = vals.size();
+    owned.clear();
+    owned.reserve(ncol);
+    for (auto& v : vals) owned.push_back(value::from(v));
+    if (t.serializer(rr, owned) || owned.size() != ncol)
+      return fail(errc::serialization_failed, {"serializer of '", t.cqrs_id, "' failed"});
+    for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
+    return {};
+  }
   // Encodes the final state of one dirty row into evbuf; `emitted` false when nothing is sent.
   std::error_code encode_dirty(dirty_row& d, std::int64_t now, bool& emitted);
   std::error_code flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
@@ -1391,14 +1405,8 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
   if (ec) return ec;
   if (t.filter && !t.filter(rr)) return {};
   std::vector<value> owned;
-  if (t.serializer) {
-    owned.reserve(ncol);
-    for (auto& v : vals) owned.push_back(value::from(v));
-    if (t.serializer(rr, owned) || owned.size() != ncol) {
-      return fail(errc::serialization_failed, {"serializer of '", t.cqrs_id, "' failed"});
-    }
-    for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
-  }
+  if (t.serializer)
+    if (auto e = serialize(t, rr, vals, owned)) return e;
   std::vector<std::uint32_t>& prev_cols = prev_cols_scratch;
   std::vector<value_view>& prev_vals = prev_vals_scratch;
   prev_cols.clear();
@@ -1537,14 +1545,8 @@ std::error_code engine::read_rows(
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(src, static_cast<int>(i));
     row_ref rr{t.sch.columns.data(), vals.data(), ncol};
     if (t.filter && !t.filter(rr)) continue;
-    if (t.serializer) {
-      owned.clear();
-      for (auto& v : vals) owned.push_back(value::from(v));
-      if (t.serializer(rr, owned) || owned.size() != ncol) {
-        return fail(errc::serialization_failed, {"serializer of '", t.cqrs_id, "' failed"});
-      }
-      for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
-    }
+    if (t.serializer)
+      if (auto e = serialize(t, rr, vals, owned)) return e;
     // Version and update time of the row; a row never captured (older than its registration)
     // is version 1.
     std::uint64_t ver = 1;
