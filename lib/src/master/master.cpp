@@ -1151,10 +1151,11 @@ std::error_code engine::register_table(const table_options& o) {
       t->sch.columns.push_back(std::move(c));
     }
   } else {
-    std::vector<std::string> names = o.columns;
-    if (names.empty())
-      for (auto& c : tcols) names.push_back(c.name);
-    for (auto& n : names) {
+    // The listed columns, or every table column.
+    bool all = o.columns.empty();
+    std::size_t n_names = all ? tcols.size() : o.columns.size();
+    for (std::size_t k = 0; k < n_names; ++k) {
+      const std::string& n = all ? tcols[k].name : o.columns[k];
       int c = table_col(n);
       if (c < 0) {
         return fail(errc::unknown_column, {"table '", canon, "' has no column '", n, "'"});
