@@ -232,7 +232,7 @@ struct engine {
     std::mutex mu;
     bool alive = true;
     std::vector<completion> done;
-    std::vector<std::pair<std::string, control_request>> control;
+    std::vector<std::pair<std::size_t, control_request>> control;  // (table index, request)
     std::size_t max_control = 64;
     std::uint64_t control_dropped = 0;
     std::condition_variable* wake = nullptr;
@@ -964,7 +964,7 @@ struct engine {
   std::error_code publish_pending();
   std::error_code make_outbox_durable();
   void heartbeats();
-  std::error_code handle_control(const std::string& cqrs_id, const control_request& c);
+  std::error_code handle_control(std::size_t table, const control_request& c);
   std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
   std::error_code sync_locked(table_state& t, std::string_view where_sql,
                               const std::vector<sql_param>& params, std::string_view replica,
@@ -1283,7 +1283,7 @@ std::error_code engine::register_table(const table_options& o) {
 
 std::error_code engine::subscribe_control(table_state& t) {
   std::weak_ptr<sink> w = snk;
-  std::string id = t.cqrs_id;
+  std::size_t id = t.index;  // tables are never removed
   return tx->subscribe(t.control_topic, [w, id](const incoming_message& m) {
     auto s = w.lock();
     if (!s) return;
@@ -2012,11 +2012,9 @@ void engine::heartbeats() {
   }
 }
 
-std::error_code engine::handle_control(const std::string& cqrs_id,
-                                             const control_request& c) {
-  table_state* tsp = find_id(cqrs_id);
-  if (!tsp) return {};
-  table_state& t = *tsp;
+std::error_code engine::handle_control(std::size_t table, const control_request& c) {
+  if (table >= tables.size()) return {};
+  table_state& t = *tables[table];
   if (validate_replica_name(c.replica)) return {};
   {
     std::lock_guard<std::mutex> lk(stats_mu);
@@ -2092,7 +2090,7 @@ std::error_code engine::poll_locked() {
   };
   keep(handle_completions());
   keep(prune());
-  std::vector<std::pair<std::string, control_request>> ctl;
+  std::vector<std::pair<std::size_t, control_request>> ctl;
   {
     std::lock_guard<std::mutex> lk(snk->mu);
     ctl.swap(snk->control);
