@@ -1028,6 +1028,7 @@ std::error_code engine::register_table(const table_options& o) {
     return fail(errc::duplicate_cqrs_id, {"CQRS_ID '", o.cqrs_id, "' is already registered"});
   // The canonical name as stored in the schema (the hooks report that spelling).
   std::string canon;
+  bool without_rowid = false;
   {
     stmt q;
     if (q.prepare(db, "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND "
@@ -1039,17 +1040,15 @@ std::error_code engine::register_table(const table_options& o) {
       return fail(errc::unknown_table, {"no such table: '", o.table, "'"});
     }
     canon = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
-    std::string type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
-    bool without_rowid = sqlite3_column_int(q.get(), 2) != 0;
-    if (type != "table") {
+    const char* type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
+    without_rowid = sqlite3_column_int(q.get(), 2) != 0;
+    if (std::strcmp(type, "table") != 0) {
       return fail(errc::unsupported_table, {"'", canon, "' is a ", type, ", only ordinary tables can be captured"});
     }
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
     if (without_rowid) {
       return fail(errc::unsupported_table, {"'", canon, "' is WITHOUT ROWID: capture needs the pre-update hook, which " "this build lacks"});
     }
-#else
-    (void)without_rowid;
 #endif
     if (canon.rfind("edgecqrs_", 0) == 0 || canon.rfind("sqlite_", 0) == 0) {
       return fail(errc::unsupported_table, {"'", canon, "' is an internal table"});
@@ -1107,14 +1106,9 @@ std::error_code engine::register_table(const table_options& o) {
       std::swap(pk_order[j], pk_order[j - 1]);
   for (auto& p : pk_order) t->pk_table_cols.push_back(p.second);
   t->rowid_alias = pk_order.size() == 1 && ieq(tcols[pk_order[0].second].decl_type, "INTEGER");
-  {
-    // WITHOUT ROWID tables report no rowid alias even for INTEGER keys.
-    stmt q;
-    if (q.prepare(db, "SELECT wr FROM pragma_table_list WHERE schema='main' AND name=?1") == 0) {
-      sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
-      if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_int(q.get(), 0)) t->rowid_alias = false;
-    }
-  }
+  // WITHOUT ROWID tables report no rowid alias even for INTEGER keys (`wr` of the table's
+  // pragma_table_list row, read above).
+  if (without_rowid) t->rowid_alias = false;
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
   if (!t->rowid_alias) {
     return fail(errc::unsupported_table, {"table '", canon, "': without the pre-update hook only tables keyed by an " "INTEGER PRIMARY KEY (rowid) can be captured"});
@@ -1128,7 +1122,9 @@ std::error_code engine::register_table(const table_options& o) {
   std::string where;
   for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) {
     if (i) where += " AND ";
-    where += quote_ident(tcols[t->pk_table_cols[i]].name) + "=?" + decimal(i + 1);
+    where += quote_ident(tcols[t->pk_table_cols[i]].name);
+    where += "=?";
+    where += decimal(i + 1);
   }
   t->where_pk = where;
 
