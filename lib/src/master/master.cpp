@@ -361,6 +361,16 @@ struct engine {
   std::uint64_t next_msg_no = 1;
   std::int64_t backoff_until = 0;
   int consecutive_failures = 0;
+  // Counts a failed publish; returns the delay before the next attempt (doubling per
+  // consecutive failure, capped).
+  std::int64_t failure_backoff() {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    ++st.publish_failures;
+    ++consecutive_failures;
+    std::int64_t b = cfg.backoff_initial_ms;
+    for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
+    return std::min(b, cfg.backoff_max_ms);
+  }
   std::int64_t durable_upto = 0;  // outbox ids at or below it are known to be on disk
   std::shared_ptr<sink> snk = std::make_shared<sink>();
   // Completion callback of a publish (one type for messages and heartbeats): queues the
@@ -1219,9 +1229,13 @@ std::error_code engine::register_table(const table_options& o) {
     }
     if (cols.empty()) cols = "1";
     t->select_cols = cols;
-    if (t->read_final.prepare(db, "SELECT " + cols + " FROM " + quote_ident(canon) + " WHERE " +
-                                      where))
-      return sql_fail("read_final");
+    std::string sql = "SELECT ";
+    sql += cols;
+    sql += " FROM ";
+    sql += quote_ident(canon);
+    sql += " WHERE ";
+    sql += where;
+    if (t->read_final.prepare(db, sql)) return sql_fail("read_final");
   }
 
   t->sch.cqrs_id = o.cqrs_id;
@@ -1494,9 +1508,17 @@ std::error_code engine::read_rows(
   if (!t.serializer_sql.empty()) {
     // Stream column names of the pk equal table column names (checked at registration).
   }
-  std::string sql = "SELECT " + pk_cols + " FROM " + quote_ident(t.table);
-  if (!where_sql.empty()) sql += " WHERE (" + std::string(where_sql) + ")";
-  sql += " ORDER BY " + pk_cols;
+  std::string sql = "SELECT ";
+  sql += pk_cols;
+  sql += " FROM ";
+  sql += quote_ident(t.table);
+  if (!where_sql.empty()) {
+    sql += " WHERE (";
+    sql += where_sql;
+    sql += ")";
+  }
+  sql += " ORDER BY ";
+  sql += pk_cols;
   stmt q;
   if (q.prepare(db, sql)) {
     return fail(errc::invalid_argument, {"sync WHERE: ", sqlite3_errmsg(db)});
@@ -1661,12 +1683,8 @@ std::error_code engine::handle_completions() {
     inflight.pop_back();
     for (auto id : m.ids) inflight_ids.erase(id);
     if (c.ec) {
-      std::lock_guard<std::mutex> lk(stats_mu);
-      ++st.publish_failures;
-      ++consecutive_failures;
-      std::int64_t b = cfg.backoff_initial_ms;
-      for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
-      backoff_until = clk->steady_ms() + std::min(b, cfg.backoff_max_ms);
+      std::int64_t delay = failure_backoff();
+      backoff_until = clk->steady_ms() + delay;
       if (!m.ids.empty()) cursor = std::min(cursor, m.ids.front() - 1);
       continue;
     }
@@ -1964,12 +1982,7 @@ std::error_code engine::publish_pending() {
         tx->publish(topic, msgbuf.data(), msgbuf.size(), opts, publish_done{snk, no, true});
     if (ec) {
       // Not queued (window full, disconnected): retry after a backoff, nothing lost.
-      std::lock_guard<std::mutex> lk(stats_mu);
-      ++st.publish_failures;
-      ++consecutive_failures;
-      std::int64_t b = cfg.backoff_initial_ms;
-      for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
-      backoff_until = now + std::min(b, cfg.backoff_max_ms);
+      backoff_until = now + failure_backoff();
       return {};
     }
     for (auto id : m.ids) {
