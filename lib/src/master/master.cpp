@@ -408,23 +408,29 @@ struct engine {
   }
 
   // ---------- errors ----------
-  // Sets last_error to the concatenation of `parts` and returns `e` (out of line: the many
-  // error paths share one copy of the string building).
+  // Sets last_error to `fmt` with each '%' replaced by the next of `args`, and returns `e` (out
+  // of line: the many error paths share one copy of the string building).
   __attribute__((noinline, cold)) std::error_code fail(
-      errc e, std::initializer_list<std::string_view> parts) {
+      errc e, const char* fmt, std::initializer_list<std::string_view> args = {}) {
     std::string msg;
-    for (std::string_view p : parts) msg.append(p.data(), p.size());
+    const std::string_view* a = args.begin();
+    for (const char* p = fmt; *p; ++p) {
+      if (*p == '%' && a != args.end())
+        msg.append(a->data(), a->size()), ++a;
+      else
+        msg += *p;
+    }
     last_error = std::move(msg);
     return make_error_code(e);
   }
   __attribute__((noinline, cold)) std::error_code sql_fail(const char* what) {
-    return fail(errc::sqlite_error, {what, ": ", sqlite3_errmsg(db)});
+    return fail(errc::sqlite_error, "%: %", {what, sqlite3_errmsg(db)});
   }
   std::error_code exec(const char* sql) {
     char* err = nullptr;
     if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
       std::error_code ec =
-          fail(errc::sqlite_error, {std::string_view(sql).substr(0, 40), ": ", err ? err : "?"});
+          fail(errc::sqlite_error, "%: %", {std::string_view(sql).substr(0, 40), err ? err : "?"});
       sqlite3_free(err);
       return ec;
     }
@@ -933,7 +939,7 @@ struct engine {
     owned.reserve(ncol);
     for (auto& v : vals) owned.push_back(value::from(v));
     if (t.serializer(rr, owned) || owned.size() != ncol)
-      return fail(errc::serialization_failed, {"serializer of '", t.cqrs_id, "' failed"});
+      return fail(errc::serialization_failed, "serializer of '%' failed", {t.cqrs_id});
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
     return {};
   }
@@ -1031,11 +1037,11 @@ void engine::install_hooks() {
 
 std::error_code engine::register_table(const table_options& o) {
   if (auto ec = validate_cqrs_id(o.cqrs_id)) {
-    fail(errc::invalid_argument, {"invalid CQRS_ID '", o.cqrs_id, "'"});
+    fail(errc::invalid_argument, "invalid CQRS_ID '%'", {o.cqrs_id});
     return ec;
   }
   if (find_id(o.cqrs_id))
-    return fail(errc::duplicate_cqrs_id, {"CQRS_ID '", o.cqrs_id, "' is already registered"});
+    return fail(errc::duplicate_cqrs_id, "CQRS_ID '%' is already registered", {o.cqrs_id});
   // The canonical name as stored in the schema (the hooks report that spelling).
   std::string canon;
   bool without_rowid = false;
@@ -1047,25 +1053,25 @@ std::error_code engine::register_table(const table_options& o) {
     sqlite3_bind_text(q.get(), 1, o.table.data(), static_cast<int>(o.table.size()),
                       SQLITE_STATIC);
     if (sqlite3_step(q.get()) != SQLITE_ROW) {
-      return fail(errc::unknown_table, {"no such table: '", o.table, "'"});
+      return fail(errc::unknown_table, "no such table: '%'", {o.table});
     }
     canon = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
     const char* type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
     without_rowid = sqlite3_column_int(q.get(), 2) != 0;
     if (std::strcmp(type, "table") != 0) {
-      return fail(errc::unsupported_table, {"'", canon, "' is a ", type, ", only ordinary tables can be captured"});
+      return fail(errc::unsupported_table, "'%' is a %, only ordinary tables can be captured", {canon, type});
     }
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
     if (without_rowid) {
-      return fail(errc::unsupported_table, {"'", canon, "' is WITHOUT ROWID: capture needs the pre-update hook, which " "this build lacks"});
+      return fail(errc::unsupported_table, "'%' is WITHOUT ROWID: capture needs the pre-update hook, which this build lacks", {canon});
     }
 #endif
     if (canon.rfind("edgecqrs_", 0) == 0 || canon.rfind("sqlite_", 0) == 0) {
-      return fail(errc::unsupported_table, {"'", canon, "' is an internal table"});
+      return fail(errc::unsupported_table, "'%' is an internal table", {canon});
     }
   }
   if (find_table(canon.c_str())) {
-    return fail(errc::already_registered, {"table '", canon, "' is already registered"});
+    return fail(errc::already_registered, "table '%' is already registered", {canon});
   }
   auto t = std::make_unique<table_state>();
   t->index = tables.size();
@@ -1099,7 +1105,7 @@ std::error_code engine::register_table(const table_options& o) {
     }
   }
   if (pk_order.empty()) {
-    return fail(errc::missing_primary_key, {"table '", canon, "' has no PRIMARY KEY"});
+    return fail(errc::missing_primary_key, "table '%' has no PRIMARY KEY", {canon});
   }
   // Column affinity rules of SQLite (datatype3.html §3.1): only REAL matters here.
   for (auto& c : tcols) {
@@ -1121,7 +1127,7 @@ std::error_code engine::register_table(const table_options& o) {
   if (without_rowid) t->rowid_alias = false;
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
   if (!t->rowid_alias) {
-    return fail(errc::unsupported_table, {"table '", canon, "': without the pre-update hook only tables keyed by an " "INTEGER PRIMARY KEY (rowid) can be captured"});
+    return fail(errc::unsupported_table, "table '%': without the pre-update hook only tables keyed by an INTEGER PRIMARY KEY (rowid) can be captured", {canon});
   }
 #endif
   auto table_col = [&](const std::string& name) -> int {
@@ -1141,13 +1147,13 @@ std::error_code engine::register_table(const table_options& o) {
   // Stream columns.
   if (!o.serializer_sql.empty()) {
     if (!o.columns.empty()) {
-      return fail(errc::invalid_argument, {"columns and serializer_sql are exclusive"});
+      return fail(errc::invalid_argument, "columns and serializer_sql are exclusive");
     }
     if (t->read_custom.prepare(db, o.serializer_sql)) return sql_fail("serializer_sql");
     int n = sqlite3_column_count(t->read_custom.get());
     if (sqlite3_bind_parameter_count(t->read_custom.get()) !=
         static_cast<int>(t->pk_table_cols.size())) {
-      return fail(errc::invalid_argument, {"serializer_sql must take exactly one parameter per primary-key column"});
+      return fail(errc::invalid_argument, "serializer_sql must take exactly one parameter per primary-key column");
     }
     for (int i = 0; i < n; ++i) {
       column_def c;
@@ -1164,11 +1170,11 @@ std::error_code engine::register_table(const table_options& o) {
       const std::string& n = all ? tcols[k].name : o.columns[k];
       int c = table_col(n);
       if (c < 0) {
-        return fail(errc::unknown_column, {"table '", canon, "' has no column '", n, "'"});
+        return fail(errc::unknown_column, "table '%' has no column '%'", {canon, n});
       }
       for (int prev : t->sel_table_cols)
         if (prev == c) {
-          return fail(errc::invalid_argument, {"column '", n, "' listed twice"});
+          return fail(errc::invalid_argument, "column '%' listed twice", {n});
         }
       t->sel_table_cols.push_back(c);
       t->sch.columns.push_back(tcols[static_cast<std::size_t>(c)]);
@@ -1190,19 +1196,19 @@ std::error_code engine::register_table(const table_options& o) {
       }
     }
     if (!found) {
-      return fail(errc::missing_primary_key, {"columns of '", o.cqrs_id, "' must include primary-key column '", tcols[static_cast<std::size_t>(pkc)].name, "'"});
+      return fail(errc::missing_primary_key, "columns of '%' must include primary-key column '%'", {o.cqrs_id, tcols[static_cast<std::size_t>(pkc)].name});
     }
   }
   for (auto& n : o.tracked) {
     int c = table_col(n);
     if (c < 0) {
-      return fail(errc::unknown_column, {"table '", canon, "' has no tracked column '", n, "'"});
+      return fail(errc::unknown_column, "table '%' has no tracked column '%'", {canon, n});
     }
     std::uint32_t sc = UINT32_MAX;
     for (std::size_t i = 0; i < t->sch.columns.size(); ++i)
       if (ieq(t->sch.columns[i].name, n)) sc = static_cast<std::uint32_t>(i);
     if (sc == UINT32_MAX) {
-      return fail(errc::unknown_column, {"tracked column '", n, "' is not among the columns sent"});
+      return fail(errc::unknown_column, "tracked column '%' is not among the columns sent", {n});
     }
     t->tracked.emplace_back(sc, c);
   }
@@ -1403,7 +1409,7 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
       bind_view(rc_stmt, static_cast<int>(i + 1), cell(d.pk_at + i));
     int r2 = sqlite3_step(rc_stmt);
     if (r2 == SQLITE_DONE) {
-      return fail(errc::serialization_failed, {"serializer_sql of '", t.cqrs_id, "' returned no row"});
+      return fail(errc::serialization_failed, "serializer_sql of '%' returned no row", {t.cqrs_id});
     }
     if (r2 != SQLITE_ROW) return sql_fail("serializer_sql");
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(rc_stmt, static_cast<int>(i));
@@ -1458,7 +1464,7 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
 std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                                     std::uint64_t& n_events) {
   if (dirty_overflow) {
-    return fail(errc::outbox_full, {"more than max_rows_per_transaction rows changed in one transaction"});
+    return fail(errc::outbox_full, "more than max_rows_per_transaction rows changed in one transaction");
   }
   if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
@@ -1521,10 +1527,10 @@ std::error_code engine::read_rows(
   sql += pk_cols;
   stmt q;
   if (q.prepare(db, sql)) {
-    return fail(errc::invalid_argument, {"sync WHERE: ", sqlite3_errmsg(db)});
+    return fail(errc::invalid_argument, "sync WHERE: %", {sqlite3_errmsg(db)});
   }
   if (sqlite3_bind_parameter_count(q.get()) != static_cast<int>(params.size())) {
-    return fail(errc::invalid_argument, {"sync WHERE takes ", decimal(static_cast<std::size_t>(sqlite3_bind_parameter_count(q.get()))), " parameters, ", decimal(params.size()), " given"});
+    return fail(errc::invalid_argument, "sync WHERE takes % parameters, % given", {decimal(static_cast<std::size_t>(sqlite3_bind_parameter_count(q.get()))), decimal(params.size())});
   }
   for (std::size_t i = 0; i < params.size(); ++i)
     bind_view(q.get(), static_cast<int>(i + 1), params[i].view());
@@ -1829,7 +1835,7 @@ std::error_code engine::make_outbox_durable() {
       wal->pMethods) {
     rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
     if (rc != SQLITE_OK) {
-      return fail(errc::sqlite_error, {"outbox sync before publishing failed: ", sqlite3_errstr(rc)});
+      return fail(errc::sqlite_error, "outbox sync before publishing failed: %", {sqlite3_errstr(rc)});
     }
   }
   durable_upto = top;
@@ -2218,7 +2224,7 @@ std::error_code master::commit() {
     // The body committed or rolled back by itself (plain SQL): our transaction is gone.
     m.clear_dirty();
     finish();
-    return m.fail(errc::not_in_transaction, {"the transaction was ended outside master::commit()"});
+    return m.fail(errc::not_in_transaction, "the transaction was ended outside master::commit()");
   }
   std::uint64_t nr = 0, nb = 0, ne = 0;
   m.internal_write = true;
