@@ -13,7 +13,6 @@
 #include <mutex>
 #include <thread>
 #include <type_traits>
-#include <unordered_map>
 
 #include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
@@ -357,7 +356,14 @@ struct engine {
   // publisher
   std::int64_t cursor = 0;
   std::vector<inflight_msg> inflight;  // unordered; at most the window (<= 90)
-  std::unordered_map<std::int64_t, bool> inflight_ids;
+  // Whether outbox row `id` is part of a message in flight (each message's ids ascend).
+  bool id_in_flight(std::int64_t id) const {
+    for (const inflight_msg& m : inflight)
+      if (!m.ids.empty() && id >= m.ids.front() && id <= m.ids.back() &&
+          std::binary_search(m.ids.begin(), m.ids.end(), id))
+        return true;
+    return false;
+  }
   std::uint64_t next_msg_no = 1;
   std::int64_t backoff_until = 0;
   int consecutive_failures = 0;
@@ -1687,7 +1693,6 @@ std::error_code engine::handle_completions() {
     inflight_msg m = std::move(inflight[k]);
     if (k + 1 != inflight.size()) inflight[k] = std::move(inflight.back());
     inflight.pop_back();
-    for (auto id : m.ids) inflight_ids.erase(id);
     if (c.ec) {
       std::int64_t delay = failure_backoff();
       backoff_until = clk->steady_ms() + delay;
@@ -1855,7 +1860,7 @@ std::error_code engine::publish_pending() {
     sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(cfg.max_message_events + 64));
     int rc = sqlite3_step(s);
     // Skip records already in flight (after a rewind).
-    while (rc == SQLITE_ROW && inflight_ids.count(sqlite3_column_int64(s, 0))) {
+    while (rc == SQLITE_ROW && id_in_flight(sqlite3_column_int64(s, 0))) {
       cursor = std::max<std::int64_t>(cursor, sqlite3_column_int64(s, 0));
       rc = sqlite3_step(s);
     }
@@ -1930,7 +1935,7 @@ std::error_code engine::publish_pending() {
       grpbuf.clear();
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
-        if (inflight_ids.count(id) || sqlite3_column_int64(s, 1) != m.stream ||
+        if (id_in_flight(id) || sqlite3_column_int64(s, 1) != m.stream ||
             sqlite3_column_int(s, 2) != kind_stream ||
             static_cast<std::uint64_t>(sqlite3_column_int64(s, 3)) != expect)
           break;
@@ -1991,10 +1996,7 @@ std::error_code engine::publish_pending() {
       backoff_until = now + failure_backoff();
       return {};
     }
-    for (auto id : m.ids) {
-      inflight_ids[id] = true;
-      cursor = std::max(cursor, id);
-    }
+    for (auto id : m.ids) cursor = std::max(cursor, id);
     t.last_publish_ms = now;
     m.no = no;
     inflight.push_back(std::move(m));
@@ -2356,7 +2358,6 @@ void master::set_transport(transport* tx) {
   std::lock_guard<std::mutex> lk(m.txn_mu);
   m.tx = tx;
   m.inflight.clear();
-  m.inflight_ids.clear();
   m.cursor = 0;
   if (tx)
     for (auto& t : m.tables) m.subscribe_control(*t);
