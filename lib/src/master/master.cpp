@@ -495,9 +495,9 @@ struct engine {
       stmt vq;
       if (vq.prepare(db, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
       while (sqlite3_step(vq.get()) == SQLITE_ROW) {
-        std::string k(static_cast<const char*>(sqlite3_column_blob(vq.get(), 1)),
-                      static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1)));
-        bloom_add(sqlite3_column_int64(vq.get(), 0), k);
+        const char* k = static_cast<const char*>(sqlite3_column_blob(vq.get(), 1));
+        std::size_t n = static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1));
+        bloom_add(sqlite3_column_int64(vq.get(), 0), std::string_view(k, n));
       }
     }
     {
