@@ -123,8 +123,7 @@ class fn_ref<R(A...)> {
  public:
   template <class F, class = std::enable_if_t<!std::is_same<std::decay_t<F>, fn_ref>::value>>
   fn_ref(F&& f)  // NOLINT(google-explicit-constructor): used like std::function
-      : obj_(const_cast<void*>(static_cast<const void*>(&f))),
-        call_([](void* o, A... a) -> R {
+      : obj_(const_cast<void*>(static_cast<const void*>(&f))), call_([](void* o, A... a) -> R {
           return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<A>(a)...);
         }) {}
   R operator()(A... a) const { return call_(obj_, std::forward<A>(a)...); }
@@ -1065,11 +1064,14 @@ std::error_code engine::register_table(const table_options& o) {
     const char* type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
     without_rowid = sqlite3_column_int(q.get(), 2) != 0;
     if (std::strcmp(type, "table") != 0) {
-      return fail(errc::unsupported_table, "'%' is a %, only ordinary tables can be captured", {canon, type});
+      return fail(errc::unsupported_table, "'%' is a %, only ordinary tables can be captured",
+                  {canon, type});
     }
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
     if (without_rowid) {
-      return fail(errc::unsupported_table, "'%' is WITHOUT ROWID: capture needs the pre-update hook, which this build lacks", {canon});
+      return fail(errc::unsupported_table,
+                  "'%' is WITHOUT ROWID: capture needs the pre-update hook, which this build lacks",
+                  {canon});
     }
 #endif
     if (canon.rfind("edgecqrs_", 0) == 0 || canon.rfind("sqlite_", 0) == 0) {
@@ -1090,7 +1092,7 @@ std::error_code engine::register_table(const table_options& o) {
 
   // Table columns and primary key.
   std::vector<column_def> tcols;
-  bool generated = false;  // any generated column
+  bool generated = false;                     // any generated column
   std::vector<std::pair<int, int>> pk_order;  // (pk position, table column)
   {
     stmt q;
@@ -1133,7 +1135,10 @@ std::error_code engine::register_table(const table_options& o) {
   if (without_rowid) t->rowid_alias = false;
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
   if (!t->rowid_alias) {
-    return fail(errc::unsupported_table, "table '%': without the pre-update hook only tables keyed by an INTEGER PRIMARY KEY (rowid) can be captured", {canon});
+    return fail(errc::unsupported_table,
+                "table '%': without the pre-update hook only tables keyed by an INTEGER PRIMARY "
+                "KEY (rowid) can be captured",
+                {canon});
   }
 #endif
   auto table_col = [&](const std::string& name) -> int {
@@ -1159,7 +1164,8 @@ std::error_code engine::register_table(const table_options& o) {
     int n = sqlite3_column_count(t->read_custom.get());
     if (sqlite3_bind_parameter_count(t->read_custom.get()) !=
         static_cast<int>(t->pk_table_cols.size())) {
-      return fail(errc::invalid_argument, "serializer_sql must take exactly one parameter per primary-key column");
+      return fail(errc::invalid_argument,
+                  "serializer_sql must take exactly one parameter per primary-key column");
     }
     for (int i = 0; i < n; ++i) {
       column_def c;
@@ -1202,7 +1208,8 @@ std::error_code engine::register_table(const table_options& o) {
       }
     }
     if (!found) {
-      return fail(errc::missing_primary_key, "columns of '%' must include primary-key column '%'", {o.cqrs_id, tcols[static_cast<std::size_t>(pkc)].name});
+      return fail(errc::missing_primary_key, "columns of '%' must include primary-key column '%'",
+                  {o.cqrs_id, tcols[static_cast<std::size_t>(pkc)].name});
     }
   }
   for (auto& n : o.tracked) {
@@ -1322,8 +1329,7 @@ std::error_code engine::subscribe_control(table_state& t) {
   });
 }
 
-std::error_code engine::enqueue_schema(table_state& t, std::uint64_t& nr,
-                                             std::uint64_t& nb) {
+std::error_code engine::enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb) {
   std::vector<std::uint8_t> buf;
   std::error_code ec = append_encoded(buf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
     return encode_schema(t.sch, b, c, w);
@@ -1334,8 +1340,7 @@ std::error_code engine::enqueue_schema(table_state& t, std::uint64_t& nr,
 
 // Runs `body` in BEGIN IMMEDIATE .. COMMIT as the library's own write (not captured); updates
 // the outbox accounting after a successful commit.
-std::error_code engine::internal_txn(
-    fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body) {
+std::error_code engine::internal_txn(fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body) {
   std::uint64_t nr = 0, nb = 0;
   internal_write = true;
   std::error_code ec = exec("BEGIN IMMEDIATE");
@@ -1468,9 +1473,10 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
 }
 
 std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
-                                    std::uint64_t& n_events) {
+                              std::uint64_t& n_events) {
   if (dirty_overflow) {
-    return fail(errc::outbox_full, "more than max_rows_per_transaction rows changed in one transaction");
+    return fail(errc::outbox_full,
+                "more than max_rows_per_transaction rows changed in one transaction");
   }
   if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
@@ -1536,7 +1542,9 @@ std::error_code engine::read_rows(
     return fail(errc::invalid_argument, "sync WHERE: %", {sqlite3_errmsg(db)});
   }
   if (sqlite3_bind_parameter_count(q.get()) != static_cast<int>(params.size())) {
-    return fail(errc::invalid_argument, "sync WHERE takes % parameters, % given", {decimal(static_cast<std::size_t>(sqlite3_bind_parameter_count(q.get()))), decimal(params.size())});
+    return fail(errc::invalid_argument, "sync WHERE takes % parameters, % given",
+                {decimal(static_cast<std::size_t>(sqlite3_bind_parameter_count(q.get()))),
+                 decimal(params.size())});
   }
   for (std::size_t i = 0; i < params.size(); ++i)
     bind_view(q.get(), static_cast<int>(i + 1), params[i].view());
@@ -1617,9 +1625,8 @@ std::error_code engine::read_rows(
 }
 
 std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
-                                          const std::vector<sql_param>& params,
-                                          std::string_view replica, bool resync,
-                                          std::size_t* synced) {
+                                    const std::vector<sql_param>& params, std::string_view replica,
+                                    bool resync, std::size_t* synced) {
   std::size_t rows = 0;
   std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
     message ext_msg;
@@ -1840,7 +1847,8 @@ std::error_code engine::make_outbox_durable() {
       wal->pMethods) {
     rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
     if (rc != SQLITE_OK) {
-      return fail(errc::sqlite_error, "outbox sync before publishing failed: %", {sqlite3_errstr(rc)});
+      return fail(errc::sqlite_error, "outbox sync before publishing failed: %",
+                  {sqlite3_errstr(rc)});
     }
   }
   durable_upto = top;
@@ -2018,8 +2026,7 @@ void engine::heartbeats() {
     std::size_t w = 0;
     if (encode_message_head(t.sch.schema_tag, t.next_seq, 0, false, buf, sizeof buf, w)) continue;
     std::uint64_t no = next_msg_no++;
-    if (tx->publish(t.event_topic, buf, w, publish_options{}, publish_done{snk, no, false}))
-      return;
+    if (tx->publish(t.event_topic, buf, w, publish_options{}, publish_done{snk, no, false})) return;
     inflight_msg m;
     m.stream = t.stream_id;
     m.heartbeat = true;
