@@ -691,6 +691,7 @@ struct engine {
   std::size_t cached_bytes = 0;
   std::array<std::string, 4> clean_sql;  // statement texts on_trace found without "rollback"
   std::size_t clean_next = 0;
+  std::size_t clean_hit = 0;  // the entry found (or stored) last
   std::size_t stmt_hook_rows = 0;  // captured row changes since the last statement ended
   static int on_trace(unsigned type, void* ctx, void*, void* x) {
     if (type == SQLITE_TRACE_PROFILE) {
@@ -709,8 +710,13 @@ struct engine {
     // are remembered (compared whole, so a new statement at a reused address is rescanned).
     auto* m = static_cast<engine*>(ctx);
     const char* sql = static_cast<const char*>(x);
-    for (const std::string& c : m->clean_sql)
-      if (std::strcmp(c.c_str(), sql) == 0) return 0;
+    // The last text found is compared first: a loop of one statement hits at once.
+    if (std::strcmp(m->clean_sql[m->clean_hit].c_str(), sql) == 0) return 0;
+    for (std::size_t k = 0; k < m->clean_sql.size(); ++k)
+      if (k != m->clean_hit && std::strcmp(m->clean_sql[k].c_str(), sql) == 0) {
+        m->clean_hit = k;
+        return 0;
+      }
     static const char kWord[] = "rollback";
     std::size_t len = 0;
     for (const char* p = sql; *p; ++p, ++len) {
@@ -723,6 +729,7 @@ struct engine {
     }
     if (len <= 512) {
       m->clean_sql[m->clean_next].assign(sql, len);
+      m->clean_hit = m->clean_next;
       m->clean_next = (m->clean_next + 1) % m->clean_sql.size();
     }
     return 0;
