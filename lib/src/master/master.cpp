@@ -428,6 +428,8 @@ struct engine {
     last_error = std::move(msg);
     return make_error_code(e);
   }
+  // Prepares a statement of a cold path (one out-of-line copy of statement::prepare for them).
+  __attribute__((noinline)) int prepare(stmt& s, const char* sql) { return s.prepare(db, sql); }
   __attribute__((noinline, cold)) std::error_code sql_fail(const char* what) {
     return fail(errc::sqlite_error, "%: %", {what, sqlite3_errmsg(db)});
   }
@@ -475,9 +477,9 @@ struct engine {
     for (const auto& k : kStatements)
       if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
     stmt q;
-    if (q.prepare(db,
-                  "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
-                  "WHERE acked=0 OR kind=0 GROUP BY acked"))
+    if (prepare(q,
+                "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
+                "WHERE acked=0 OR kind=0 GROUP BY acked"))
       return sql_fail("outbox count");
     while (sqlite3_step(q.get()) == SQLITE_ROW) {
       auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
@@ -492,7 +494,7 @@ struct engine {
     }
     {
       stmt vq;
-      if (vq.prepare(db, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
+      if (prepare(vq, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
       while (sqlite3_step(vq.get()) == SQLITE_ROW) {
         const char* k = static_cast<const char*>(sqlite3_column_blob(vq.get(), 1));
         std::size_t n = static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1));
@@ -501,7 +503,7 @@ struct engine {
     }
     {
       stmt eq;
-      if (eq.prepare(db, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
+      if (prepare(eq, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
         const unsigned char* e = sqlite3_column_text(eq.get(), 0);
         db_utf8 = e && std::strcmp(reinterpret_cast<const char*>(e), "UTF-8") == 0;
       } else {
@@ -516,7 +518,7 @@ struct engine {
 
   std::error_code load_incarnation() {
     stmt q;
-    if (q.prepare(db, "SELECT value FROM edgecqrs_meta WHERE key='incarnation'"))
+    if (prepare(q, "SELECT value FROM edgecqrs_meta WHERE key='incarnation'"))
       return sql_fail("incarnation");
     if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_bytes(q.get(), 0) == 16) {
       std::memcpy(incarnation.data(), sqlite3_column_blob(q.get(), 0), 16);
@@ -524,7 +526,7 @@ struct engine {
     }
     sqlite3_randomness(16, incarnation.data());
     stmt ins;
-    if (ins.prepare(db, "INSERT OR REPLACE INTO edgecqrs_meta(key,value) VALUES('incarnation',?1)"))
+    if (prepare(ins, "INSERT OR REPLACE INTO edgecqrs_meta(key,value) VALUES('incarnation',?1)"))
       return sql_fail("incarnation");
     sqlite3_bind_blob(ins.get(), 1, incarnation.data(), 16, SQLITE_STATIC);
     if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("incarnation");
@@ -691,7 +693,7 @@ struct engine {
   std::size_t cached_bytes = 0;
   std::array<std::string, 4> clean_sql;  // statement texts on_trace found without "rollback"
   std::size_t clean_next = 0;
-  std::size_t clean_hit = 0;  // the entry found (or stored) last
+  std::size_t clean_hit = 0;       // the entry found (or stored) last
   std::size_t stmt_hook_rows = 0;  // captured row changes since the last statement ended
   static int on_trace(unsigned type, void* ctx, void*, void* x) {
     if (type == SQLITE_TRACE_PROFILE) {
@@ -1059,8 +1061,9 @@ std::error_code engine::register_table(const table_options& o) {
   bool without_rowid = false;
   {
     stmt q;
-    if (q.prepare(db, "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND "
-                      "name=?1 COLLATE NOCASE"))
+    if (prepare(q,
+                "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND "
+                "name=?1 COLLATE NOCASE"))
       return sql_fail("table_list");
     sqlite3_bind_text(q.get(), 1, o.table.data(), static_cast<int>(o.table.size()),
                       SQLITE_STATIC);
@@ -1104,7 +1107,7 @@ std::error_code engine::register_table(const table_options& o) {
   {
     stmt q;
     // table_xinfo: column indices as the pre-update hook counts them (generated included).
-    if (q.prepare(db, "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid"))
+    if (prepare(q, "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid"))
       return sql_fail("table_info");
     sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
     while (sqlite3_step(q.get()) == SQLITE_ROW) {
@@ -1275,8 +1278,8 @@ std::error_code engine::register_table(const table_options& o) {
   table_state* tp = t.get();
   std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
     stmt ins, sel;
-    if (ins.prepare(db, "INSERT OR IGNORE INTO edgecqrs_stream(cqrs_id,next_seq) VALUES(?1,1)") ||
-        sel.prepare(db, "SELECT rowid, next_seq FROM edgecqrs_stream WHERE cqrs_id=?1"))
+    if (prepare(ins, "INSERT OR IGNORE INTO edgecqrs_stream(cqrs_id,next_seq) VALUES(?1,1)") ||
+        prepare(sel, "SELECT rowid, next_seq FROM edgecqrs_stream WHERE cqrs_id=?1"))
       return sql_fail("stream");
     sqlite3_bind_text(ins.get(), 1, o.cqrs_id.c_str(), -1, SQLITE_STATIC);
     if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("stream");
@@ -1285,8 +1288,9 @@ std::error_code engine::register_table(const table_options& o) {
     tp->stream_id = sqlite3_column_int64(sel.get(), 0);
     tp->next_seq = static_cast<std::uint64_t>(sqlite3_column_int64(sel.get(), 1));
     stmt mx;
-    if (mx.prepare(db, "SELECT max(first_seq + n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
-                       "stream=?1"))
+    if (prepare(mx,
+                "SELECT max(first_seq + n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
+                "stream=?1"))
       return sql_fail("stream");
     sqlite3_bind_int64(mx.get(), 1, tp->stream_id);
     if (sqlite3_step(mx.get()) == SQLITE_ROW && sqlite3_column_type(mx.get(), 0) != SQLITE_NULL)
@@ -1674,8 +1678,7 @@ std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
       if (auto e2 = encode_ext()) return e2;
       if (last_id) {
         stmt up;
-        if (up.prepare(db, "UPDATE edgecqrs_outbox SET ext=?2 WHERE id=?1"))
-          return sql_fail("resync");
+        if (prepare(up, "UPDATE edgecqrs_outbox SET ext=?2 WHERE id=?1")) return sql_fail("resync");
         sqlite3_bind_int64(up.get(), 1, last_id);
         sqlite3_bind_blob(up.get(), 2, ext.data(), static_cast<int>(ext.size()), SQLITE_STATIC);
         if (sqlite3_step(up.get()) != SQLITE_DONE) return sql_fail("resync");
@@ -1770,15 +1773,16 @@ std::error_code engine::prune() {
   std::int64_t max_id = 0;
   {
     stmt q;
-    if (q.prepare(db, "SELECT max(id) FROM edgecqrs_outbox")) return sql_fail("prune");
+    if (prepare(q, "SELECT max(id) FROM edgecqrs_outbox")) return sql_fail("prune");
     if (sqlite3_step(q.get()) == SQLITE_ROW) max_id = sqlite3_column_int64(q.get(), 0);
   }
   std::int64_t upto = 0;
   std::uint64_t dr = 0, db_bytes = 0;
   if (streams) {
     stmt q;
-    if (q.prepare(db, "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 AND kind=0 "
-                      "ORDER BY id"))
+    if (prepare(q,
+                "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 AND kind=0 "
+                "ORDER BY id"))
       return sql_fail("prune");
     std::uint64_t kr = kept_records, kb = kept_bytes;
     while ((kr > cfg.replay_keep_records || kb > cfg.replay_keep_bytes) &&
@@ -1804,14 +1808,14 @@ std::error_code engine::prune() {
         if (sqlite3_step(su) != SQLITE_DONE) return sql_fail("stream seq");
       }
       stmt del;
-      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
+      if (prepare(del, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
         return sql_fail("prune");
       sqlite3_bind_int64(del.get(), 1, upto);
       if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
     }
     if (acked_other) {
       stmt del;
-      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind<>0 AND id<?1"))
+      if (prepare(del, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind<>0 AND id<?1"))
         return sql_fail("prune");
       sqlite3_bind_int64(del.get(), 1, max_id);
       if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
@@ -2061,9 +2065,9 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
     if (from == 0 || from > to) return {};
     // Every seq of [from, to] must be in a kept (or still pending) stream record.
     stmt q;
-    if (q.prepare(db,
-                  "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
-                  "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
+    if (prepare(q,
+                "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
+                "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
       return sql_fail("replay");
     sqlite3_bind_int64(q.get(), 1, t.stream_id);
     sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(from));
