@@ -2330,11 +2330,10 @@ std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
   if (!f) return make_error_code(errc::io_error);
   std::vector<std::uint8_t> out;
   // Header: ["edgecqrs-dump", 1, schema-message]
-  static const char kMagic[] = "edgecqrs-dump";
-  out.push_back(0x83);
-  out.push_back(static_cast<std::uint8_t>(0x60 | (sizeof kMagic - 1)));
-  out.insert(out.end(), kMagic, kMagic + sizeof kMagic - 1);
-  out.push_back(0x01);
+  // array(3), text(13) "edgecqrs-dump", 1
+  static const std::uint8_t kHead[] = {0x83, 0x6d, 'e', 'd', 'g', 'e', 'c', 'q',
+                                       'r',  's',  '-', 'd', 'u', 'm', 'p', 0x01};
+  out.assign(kHead, kHead + sizeof kHead);
   std::error_code ec = append_encoded(out, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
     return encode_schema(t.sch, b, c, w);
   });
