@@ -8,12 +8,11 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <deque>
-#include <map>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <thread>
-#include <unordered_map>
+#include <type_traits>
 
 #include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
@@ -62,6 +61,17 @@ bool ieq(std::string_view a, std::string_view b) {
   return true;
 }
 
+// `v` in decimal, as std::to_string gives it (one small function instead of its instances).
+std::string decimal(std::size_t v) {
+  char buf[24];
+  char* p = buf + sizeof buf;
+  do {
+    *--p = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return std::string(p, static_cast<std::size_t>(buf + sizeof buf - p));
+}
+
 // Exact equality, as `value`'s: REALs by bit pattern, TEXT never equals BLOB.
 bool same_value(const value_view& a, const value_view& b) {
   if (a.type != b.type) return false;
@@ -104,8 +114,30 @@ class byte_buffer {
   std::size_t n_ = 0, cap_ = 0;
 };
 
-template <class Buf, class F>
-std::error_code append_encoded(Buf& out, F&& enc) {
+// A non-owning reference to a callable, for internal callbacks that are only called during the
+// call that receives them (no std::function copy, manager or type information).
+template <class Sig>
+class fn_ref;
+template <class R, class... A>
+class fn_ref<R(A...)> {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same<std::decay_t<F>, fn_ref>::value>>
+  fn_ref(F&& f)  // NOLINT(google-explicit-constructor): used like std::function
+      : obj_(const_cast<void*>(static_cast<const void*>(&f))), call_([](void* o, A... a) -> R {
+          return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<A>(a)...);
+        }) {}
+  R operator()(A... a) const { return call_(obj_, std::forward<A>(a)...); }
+
+ private:
+  void* obj_;
+  R (*call_)(void*, A...);
+};
+
+// The encoder is called through a fn_ref: one copy of this loop per buffer type, not one per
+// call site.
+template <class Buf>
+std::error_code append_encoded(
+    Buf& out, fn_ref<std::error_code(std::uint8_t*, std::size_t, std::size_t&)> enc) {
   std::size_t len = out.size();
   // Most items are small: try a modest window first (resize zero-fills it).
   std::size_t room = 512;
@@ -130,7 +162,9 @@ std::error_code append_encoded(Buf& out, F&& enc) {
 
 }  // namespace
 
-struct master::impl {
+namespace {
+
+struct engine {
   struct table_state {
     std::size_t index = 0;
     std::string table;
@@ -140,7 +174,7 @@ struct master::impl {
     bool produce = true;
     bool rowid_alias = false;                 // single INTEGER PRIMARY KEY column
     bool cache_final = false;                 // final values may come from the pre-update hook
-    std::vector<bool> real_affinity;          // per table column
+    std::vector<std::uint8_t> real_affinity;  // per table column: 1 REAL
     std::vector<int> sel_table_cols;          // table column index per stream column (no SQL)
     std::vector<int> pk_table_cols;           // table column index per pk column
     std::vector<int> pk_sel_pos;              // per pk column: its index in sel_table_cols or -1
@@ -178,6 +212,7 @@ struct master::impl {
   };
 
   struct inflight_msg {
+    std::uint64_t no = 0;  // message number (completion key)
     std::vector<std::int64_t> ids;
     std::vector<int> kinds;
     std::vector<std::uint64_t> bytes;
@@ -195,7 +230,7 @@ struct master::impl {
     std::mutex mu;
     bool alive = true;
     std::vector<completion> done;
-    std::deque<std::pair<std::string, control_request>> control;
+    std::vector<std::pair<std::size_t, control_request>> control;  // (table index, request)
     std::size_t max_control = 64;
     std::uint64_t control_dropped = 0;
     std::condition_variable* wake = nullptr;
@@ -208,9 +243,25 @@ struct master::impl {
   clock* clk = nullptr;
   std::array<std::uint8_t, 16> incarnation{};
   std::vector<std::unique_ptr<table_state>> tables;
-  std::unordered_map<std::string, table_state*> by_table;
-  std::map<std::string, table_state*, std::less<>> by_id;
-  std::map<std::int64_t, table_state*> by_stream;
+  // Registered tables by CQRS_ID / stream id: a scan of `tables` (a few entries, cold paths).
+  // `tables` grows under stats_mu too, for schema_of and head_seq.
+  table_state* find_id(std::string_view cqrs_id) const {
+    for (auto& t : tables)
+      if (t->cqrs_id == cqrs_id) return t.get();
+    return nullptr;
+  }
+  // By the table's canonical name (as the hooks report it): a scan, cheaper than hashing a
+  // string for the few tables a device registers.
+  table_state* find_table(const char* name) const {
+    for (auto& t : tables)
+      if (std::strcmp(t->table.c_str(), name) == 0) return t.get();
+    return nullptr;
+  }
+  table_state* find_stream(std::int64_t stream) const {
+    for (auto& t : tables)
+      if (t->stream_id == stream) return t.get();
+    return nullptr;
+  }
 
   // capture state (touched by SQLite hooks on the writing thread)
   std::vector<dirty_row> dirty;
@@ -268,13 +319,10 @@ struct master::impl {
   stmt st_begin, st_commit;  // master::begin / commit: prepared once, not parsed per transaction
   std::error_code step_ctl(stmt& s, const char* what) {
     int rc = sqlite3_step(s.get());
-    if (rc != SQLITE_DONE) {
-      last_error = std::string(what) + ": " + sqlite3_errmsg(db);
-      sqlite3_reset(s.get());
-      return make_error_code(errc::sqlite_error);
-    }
+    std::error_code ec;
+    if (rc != SQLITE_DONE) ec = sql_fail(what);  // before the reset, which may change the message
     sqlite3_reset(s.get());
-    return {};
+    return ec;
   }
 
   // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
@@ -306,13 +354,45 @@ struct master::impl {
   bool acked_other = true;  // acknowledged non-stream rows may await deletion
   // publisher
   std::int64_t cursor = 0;
-  std::map<std::uint64_t, inflight_msg> inflight;
-  std::unordered_map<std::int64_t, bool> inflight_ids;
+  std::vector<inflight_msg> inflight;  // unordered; at most the window (<= 90)
+  // Whether outbox row `id` is part of a message in flight (each message's ids ascend).
+  bool id_in_flight(std::int64_t id) const {
+    for (const inflight_msg& m : inflight)
+      if (!m.ids.empty() && id >= m.ids.front() && id <= m.ids.back() &&
+          std::binary_search(m.ids.begin(), m.ids.end(), id))
+        return true;
+    return false;
+  }
   std::uint64_t next_msg_no = 1;
   std::int64_t backoff_until = 0;
   int consecutive_failures = 0;
+  // Counts a failed publish; returns the delay before the next attempt (doubling per
+  // consecutive failure, capped).
+  std::int64_t failure_backoff() {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    ++st.publish_failures;
+    ++consecutive_failures;
+    std::int64_t b = cfg.backoff_initial_ms;
+    for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
+    return std::min(b, cfg.backoff_max_ms);
+  }
   std::int64_t durable_upto = 0;  // outbox ids at or below it are known to be on disk
   std::shared_ptr<sink> snk = std::make_shared<sink>();
+  // Completion callback of a publish (one type for messages and heartbeats): queues the
+  // result in the sink; `wake` also wakes the background thread.
+  struct publish_done {
+    std::weak_ptr<sink> w;
+    std::uint64_t no;
+    bool wake;
+    void operator()(std::error_code e) const {
+      auto sp = w.lock();
+      if (!sp) return;
+      std::lock_guard<std::mutex> lk(sp->mu);
+      if (!sp->alive) return;
+      sp->done.push_back({no, e});
+      if (wake && sp->wake) sp->wake->notify_one();
+    }
+  };
 
   mutable std::mutex stats_mu;
   master_stats st;
@@ -324,7 +404,7 @@ struct master::impl {
   bool bg_stop = false;
   bool bg_wake = false;
 
-  ~impl() {
+  ~engine() {
     {
       std::lock_guard<std::mutex> lk(snk->mu);
       snk->alive = false;
@@ -333,16 +413,33 @@ struct master::impl {
   }
 
   // ---------- errors ----------
-  std::error_code sql_fail(const char* what) {
-    last_error = std::string(what) + ": " + sqlite3_errmsg(db);
-    return make_error_code(errc::sqlite_error);
+  // Sets last_error to `fmt` with each '%' replaced by the next of `args`, and returns `e` (out
+  // of line: the many error paths share one copy of the string building).
+  __attribute__((noinline, cold)) std::error_code fail(
+      errc e, const char* fmt, std::initializer_list<std::string_view> args = {}) {
+    std::string msg;
+    const std::string_view* a = args.begin();
+    for (const char* p = fmt; *p; ++p) {
+      if (*p == '%' && a != args.end())
+        msg.append(a->data(), a->size()), ++a;
+      else
+        msg += *p;
+    }
+    last_error = std::move(msg);
+    return make_error_code(e);
+  }
+  // Prepares a statement of a cold path (one out-of-line copy of statement::prepare for them).
+  __attribute__((noinline)) int prepare(stmt& s, const char* sql) { return s.prepare(db, sql); }
+  __attribute__((noinline, cold)) std::error_code sql_fail(const char* what) {
+    return fail(errc::sqlite_error, "%: %", {what, sqlite3_errmsg(db)});
   }
   std::error_code exec(const char* sql) {
     char* err = nullptr;
     if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      last_error = std::string(sql).substr(0, 40) + ": " + (err ? err : "?");
+      std::error_code ec =
+          fail(errc::sqlite_error, "%: %", {std::string_view(sql).substr(0, 40), err ? err : "?"});
       sqlite3_free(err);
-      return make_error_code(errc::sqlite_error);
+      return ec;
     }
     return {};
   }
@@ -354,31 +451,35 @@ struct master::impl {
     if (!ec) ec = load_incarnation();
     internal_write = false;
     if (ec) return ec;
-    if (st_version.prepare(db,
-                           "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) "
-                           "VALUES(?1,?2,?3,?4)") ||
-        st_version_upd.prepare(db,
-                               "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 "
-                               "WHERE stream=?1 AND key=?2") ||
-        st_version_get.prepare(db,
-                               "SELECT version, updated_ms FROM edgecqrs_version "
-                               "WHERE stream=?1 AND key=?2") ||
-        st_outbox_insert.prepare(db,
-                                 "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,"
-                                 "target,ext,body) VALUES(?1,?2,?3,?4,?5,?6,?7)") ||
-        st_stream_update.prepare(db, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1") ||
-        st_pending.prepare(db,
-                           "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM "
-                           "edgecqrs_outbox WHERE id>?1 AND acked=0 ORDER BY id LIMIT ?2") ||
-        st_ack.prepare(db, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0") ||
-        st_outbox_top.prepare(db, "SELECT max(id) FROM edgecqrs_outbox") ||
-        st_sync_level.prepare(db, "PRAGMA synchronous") ||
-        st_begin.prepare(db, "BEGIN IMMEDIATE") || st_commit.prepare(db, "COMMIT"))
-      return sql_fail("prepare");
+    static const struct {
+      stmt engine::*st;
+      const char* sql;
+    } kStatements[] = {
+        {&engine::st_version,
+         "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) VALUES(?1,?2,?3,?4)"},
+        {&engine::st_version_upd,
+         "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 WHERE stream=?1 AND key=?2"},
+        {&engine::st_version_get,
+         "SELECT version, updated_ms FROM edgecqrs_version WHERE stream=?1 AND key=?2"},
+        {&engine::st_outbox_insert,
+         "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,target,ext,body) "
+         "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
+        {&engine::st_stream_update, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1"},
+        {&engine::st_pending,
+         "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM edgecqrs_outbox WHERE "
+         "id>?1 AND acked=0 ORDER BY id LIMIT ?2"},
+        {&engine::st_ack, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"},
+        {&engine::st_outbox_top, "SELECT max(id) FROM edgecqrs_outbox"},
+        {&engine::st_sync_level, "PRAGMA synchronous"},
+        {&engine::st_begin, "BEGIN IMMEDIATE"},
+        {&engine::st_commit, "COMMIT"},
+    };
+    for (const auto& k : kStatements)
+      if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
     stmt q;
-    if (q.prepare(db,
-                  "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
-                  "WHERE acked=0 OR kind=0 GROUP BY acked"))
+    if (prepare(q,
+                "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
+                "WHERE acked=0 OR kind=0 GROUP BY acked"))
       return sql_fail("outbox count");
     while (sqlite3_step(q.get()) == SQLITE_ROW) {
       auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
@@ -393,16 +494,16 @@ struct master::impl {
     }
     {
       stmt vq;
-      if (vq.prepare(db, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
+      if (prepare(vq, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
       while (sqlite3_step(vq.get()) == SQLITE_ROW) {
-        std::string k(static_cast<const char*>(sqlite3_column_blob(vq.get(), 1)),
-                      static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1)));
-        bloom_add(sqlite3_column_int64(vq.get(), 0), k);
+        const char* k = static_cast<const char*>(sqlite3_column_blob(vq.get(), 1));
+        std::size_t n = static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1));
+        bloom_add(sqlite3_column_int64(vq.get(), 0), std::string_view(k, n));
       }
     }
     {
       stmt eq;
-      if (eq.prepare(db, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
+      if (prepare(eq, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
         const unsigned char* e = sqlite3_column_text(eq.get(), 0);
         db_utf8 = e && std::strcmp(reinterpret_cast<const char*>(e), "UTF-8") == 0;
       } else {
@@ -417,7 +518,7 @@ struct master::impl {
 
   std::error_code load_incarnation() {
     stmt q;
-    if (q.prepare(db, "SELECT value FROM edgecqrs_meta WHERE key='incarnation'"))
+    if (prepare(q, "SELECT value FROM edgecqrs_meta WHERE key='incarnation'"))
       return sql_fail("incarnation");
     if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_bytes(q.get(), 0) == 16) {
       std::memcpy(incarnation.data(), sqlite3_column_blob(q.get(), 0), 16);
@@ -425,7 +526,7 @@ struct master::impl {
     }
     sqlite3_randomness(16, incarnation.data());
     stmt ins;
-    if (ins.prepare(db, "INSERT OR REPLACE INTO edgecqrs_meta(key,value) VALUES('incarnation',?1)"))
+    if (prepare(ins, "INSERT OR REPLACE INTO edgecqrs_meta(key,value) VALUES('incarnation',?1)"))
       return sql_fail("incarnation");
     sqlite3_bind_blob(ins.get(), 1, incarnation.data(), 16, SQLITE_STATIC);
     if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("incarnation");
@@ -592,13 +693,14 @@ struct master::impl {
   std::size_t cached_bytes = 0;
   std::array<std::string, 4> clean_sql;  // statement texts on_trace found without "rollback"
   std::size_t clean_next = 0;
+  std::size_t clean_hit = 0;       // the entry found (or stored) last
   std::size_t stmt_hook_rows = 0;  // captured row changes since the last statement ended
   static int on_trace(unsigned type, void* ctx, void*, void* x) {
     if (type == SQLITE_TRACE_PROFILE) {
       // A statement that fails (constraint, SQLITE_FULL...) is undone by SQLite without telling
       // the hooks, while the transaction goes on; its change count is then 0. Conservative like
       // ROLLBACK TO: commit re-reads rows instead of trusting the cached final values.
-      auto* m = static_cast<impl*>(ctx);
+      auto* m = static_cast<engine*>(ctx);
       if (m->stmt_hook_rows != 0 && sqlite3_changes(m->db) == 0) m->rollback_to_seen = true;
       m->stmt_hook_rows = 0;
       return 0;
@@ -608,10 +710,15 @@ struct master::impl {
     // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
     // Runs at the start of every statement (each INSERT of a loop): texts already found clean
     // are remembered (compared whole, so a new statement at a reused address is rescanned).
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     const char* sql = static_cast<const char*>(x);
-    for (const std::string& c : m->clean_sql)
-      if (std::strcmp(c.c_str(), sql) == 0) return 0;
+    // The last text found is compared first: a loop of one statement hits at once.
+    if (std::strcmp(m->clean_sql[m->clean_hit].c_str(), sql) == 0) return 0;
+    for (std::size_t k = 0; k < m->clean_sql.size(); ++k)
+      if (k != m->clean_hit && std::strcmp(m->clean_sql[k].c_str(), sql) == 0) {
+        m->clean_hit = k;
+        return 0;
+      }
     static const char kWord[] = "rollback";
     std::size_t len = 0;
     for (const char* p = sql; *p; ++p, ++len) {
@@ -624,6 +731,7 @@ struct master::impl {
     }
     if (len <= 512) {
       m->clean_sql[m->clean_next].assign(sql, len);
+      m->clean_hit = m->clean_next;
       m->clean_next = (m->clean_next + 1) % m->clean_sql.size();
     }
     return 0;
@@ -632,7 +740,7 @@ struct master::impl {
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
   static void on_preupdate(void* ctx, sqlite3* db, int op, const char* zdb, const char* ztab,
                            sqlite3_int64, sqlite3_int64) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
     table_state* t = m->lookup_table(ztab);
     if (!t || !t->produce) return;
@@ -690,18 +798,18 @@ struct master::impl {
 #else
   static void on_update(void* ctx, int op, const char* zdb, const char* ztab,
                         sqlite3_int64 rowid) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
-    auto it = m->by_table.find(ztab);
-    if (it == m->by_table.end() || !it->second->produce) return;
+    table_state* t = m->find_table(ztab);
+    if (!t || !t->produce) return;
     value_view k = value_view::integer(rowid);
     bool fresh = false;
-    m->touch(it->second, &k, op != SQLITE_INSERT, fresh);
+    m->touch(t, &k, op != SQLITE_INSERT, fresh);
   }
   // The update hook reports an UPDATE that changes the rowid under the new rowid only; a TEMP
   // trigger per table reports the old one through this function.
   static void fn_key_gone(sqlite3_context* ctx, int, sqlite3_value** argv) {
-    auto* m = static_cast<impl*>(sqlite3_user_data(ctx));
+    auto* m = static_cast<engine*>(sqlite3_user_data(ctx));
     auto ix = static_cast<std::size_t>(sqlite3_value_int64(argv[0]));
     if (m->internal_write || ix >= m->tables.size() || !m->tables[ix]->produce) return;
     value_view k = value_view::integer(sqlite3_value_int64(argv[1]));
@@ -711,7 +819,7 @@ struct master::impl {
 #endif
 
   static int on_commit(void* ctx) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (m->committing || m->internal_write) return 0;
     if (m->n_dirty == 0 && !m->dirty_overflow) return 0;
     // A commit that bypasses master::commit() would publish nothing: refuse it.
@@ -719,16 +827,16 @@ struct master::impl {
     return 1;
   }
   static void on_rollback(void* ctx) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (!m->internal_write) m->clear_dirty();
   }
   // Defeats the truncate optimisation (which skips the hooks) on registered tables: SQLite then
   // deletes row by row.
   static int on_authorize(void* ctx, int action, const char* a1, const char*, const char* zdb,
                           const char*) {
-    auto* m = static_cast<impl*>(ctx);
+    auto* m = static_cast<engine*>(ctx);
     if (action == SQLITE_DELETE && a1 && (!zdb || std::strcmp(zdb, "main") == 0) &&
-        m->by_table.count(a1))
+        m->find_table(a1))
       return SQLITE_IGNORE;
     return SQLITE_OK;
   }
@@ -835,6 +943,20 @@ struct master::impl {
     return v + 1;
   }
 
+  // Runs the table's serializer on row `rr` (whose values are `vals`): `vals` then view the
+  // serialized values, kept in `owned`.
+  __attribute__((noinline)) std::error_code serialize(const table_state& t, const row_ref& rr,
+                                                      std::vector<value_view>& vals,
+                                                      std::vector<value>& owned) {
+    std::size_t ncol = vals.size();
+    owned.clear();
+    owned.reserve(ncol);
+    for (auto& v : vals) owned.push_back(value::from(v));
+    if (t.serializer(rr, owned) || owned.size() != ncol)
+      return fail(errc::serialization_failed, "serializer of '%' failed", {t.cqrs_id});
+    for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
+    return {};
+  }
   // Encodes the final state of one dirty row into evbuf; `emitted` false when nothing is sent.
   std::error_code encode_dirty(dirty_row& d, std::int64_t now, bool& emitted);
   std::error_code flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
@@ -860,9 +982,9 @@ struct master::impl {
   // Reads rows of `t` matching where_sql and hands groups of sync events to `emit`.
   std::error_code read_rows(table_state& t, std::string_view where_sql,
                             const std::vector<sql_param>& params,
-                            const std::function<std::error_code(std::int64_t t0, std::size_t n,
-                                                                const std::uint8_t* grp,
-                                                                std::size_t size)>& emit,
+                            fn_ref<std::error_code(std::int64_t t0, std::size_t n,
+                                                   const std::uint8_t* grp, std::size_t size)>
+                                emit,
                             std::size_t& rows);
 
   // ---------- publisher ----------
@@ -872,13 +994,12 @@ struct master::impl {
   std::error_code publish_pending();
   std::error_code make_outbox_durable();
   void heartbeats();
-  std::error_code handle_control(const std::string& cqrs_id, const control_request& c);
+  std::error_code handle_control(std::size_t table, const control_request& c);
   std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
   std::error_code sync_locked(table_state& t, std::string_view where_sql,
                               const std::vector<sql_param>& params, std::string_view replica,
                               bool resync, std::size_t* synced);
-  std::error_code internal_txn(const std::function<std::error_code(std::uint64_t&,
-                                                                   std::uint64_t&)>& body);
+  std::error_code internal_txn(fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body);
   std::error_code subscribe_control(table_state& t);
   // The hooks name the table with SQLite's own (stable) string: remember the last one.
   const char* last_name = nullptr;
@@ -886,8 +1007,7 @@ struct master::impl {
   table_state* lookup_table(const char* ztab) {
     if (ztab == last_name && last_table && std::strcmp(last_table->table.c_str(), ztab) == 0)
       return last_table;
-    auto it = by_table.find(ztab);
-    table_state* t = it == by_table.end() ? nullptr : it->second;
+    table_state* t = find_table(ztab);
     if (t) {
       last_name = ztab;
       last_table = t;
@@ -905,72 +1025,71 @@ struct master::impl {
   }
 };
 
+}  // namespace
+
+struct master::impl : engine {};
+
 // ============================================================================ hooks
 
-void master::impl::install_hooks() {
+void engine::install_hooks() {
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  sqlite3_preupdate_hook(db, &impl::on_preupdate, this);
+  sqlite3_preupdate_hook(db, &engine::on_preupdate, this);
 #else
-  sqlite3_update_hook(db, &impl::on_update, this);
+  sqlite3_update_hook(db, &engine::on_update, this);
   sqlite3_create_function_v2(db, "edgecqrs_key_gone", 2, SQLITE_UTF8 | SQLITE_DIRECTONLY, this,
-                             &impl::fn_key_gone, nullptr, nullptr, nullptr);
+                             &engine::fn_key_gone, nullptr, nullptr, nullptr);
 #endif
-  sqlite3_commit_hook(db, &impl::on_commit, this);
-  sqlite3_rollback_hook(db, &impl::on_rollback, this);
-  sqlite3_set_authorizer(db, &impl::on_authorize, this);
+  sqlite3_commit_hook(db, &engine::on_commit, this);
+  sqlite3_rollback_hook(db, &engine::on_rollback, this);
+  sqlite3_set_authorizer(db, &engine::on_authorize, this);
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  sqlite3_trace_v2(db, SQLITE_TRACE_STMT | SQLITE_TRACE_PROFILE, &impl::on_trace, this);
+  sqlite3_trace_v2(db, SQLITE_TRACE_STMT | SQLITE_TRACE_PROFILE, &engine::on_trace, this);
 #endif
 }
 
 // ============================================================================ registration
 
-std::error_code master::impl::register_table(const table_options& o) {
+std::error_code engine::register_table(const table_options& o) {
   if (auto ec = validate_cqrs_id(o.cqrs_id)) {
-    last_error = "invalid CQRS_ID '" + o.cqrs_id + "'";
+    fail(errc::invalid_argument, "invalid CQRS_ID '%'", {o.cqrs_id});
     return ec;
   }
-  if (by_id.count(o.cqrs_id)) {
-    last_error = "CQRS_ID '" + o.cqrs_id + "' is already registered";
-    return make_error_code(errc::duplicate_cqrs_id);
-  }
+  if (find_id(o.cqrs_id))
+    return fail(errc::duplicate_cqrs_id, "CQRS_ID '%' is already registered", {o.cqrs_id});
   // The canonical name as stored in the schema (the hooks report that spelling).
   std::string canon;
+  bool without_rowid = false;
   {
     stmt q;
-    if (q.prepare(db, "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND "
-                      "name=?1 COLLATE NOCASE"))
+    if (prepare(q,
+                "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND "
+                "name=?1 COLLATE NOCASE"))
       return sql_fail("table_list");
     sqlite3_bind_text(q.get(), 1, o.table.data(), static_cast<int>(o.table.size()),
                       SQLITE_STATIC);
     if (sqlite3_step(q.get()) != SQLITE_ROW) {
-      last_error = "no such table: '" + o.table + "'";
-      return make_error_code(errc::unknown_table);
+      return fail(errc::unknown_table, "no such table: '%'", {o.table});
     }
     canon = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0));
-    std::string type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
-    bool without_rowid = sqlite3_column_int(q.get(), 2) != 0;
-    if (type != "table") {
-      last_error = "'" + canon + "' is a " + type + ", only ordinary tables can be captured";
-      return make_error_code(errc::unsupported_table);
+    const char* type = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 1));
+    without_rowid = sqlite3_column_int(q.get(), 2) != 0;
+    if (std::strcmp(type, "table") != 0) {
+      return fail(errc::unsupported_table, "'%' is a %, only ordinary tables can be captured",
+                  {canon, type});
     }
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
     if (without_rowid) {
-      last_error = "'" + canon + "' is WITHOUT ROWID: capture needs the pre-update hook, which "
-                   "this build lacks";
-      return make_error_code(errc::unsupported_table);
+      return fail(errc::unsupported_table,
+                  "'%' is WITHOUT ROWID: capture needs the pre-update hook, which this build lacks",
+                  {canon});
     }
-#else
-    (void)without_rowid;
 #endif
     if (canon.rfind("edgecqrs_", 0) == 0 || canon.rfind("sqlite_", 0) == 0) {
-      last_error = "'" + canon + "' is an internal table";
-      return make_error_code(errc::unsupported_table);
+      return fail(errc::unsupported_table, "'%' is an internal table", {canon});
     }
   }
-  if (by_table.count(canon)) {
-    last_error = "table '" + canon + "' is already registered";
-    return make_error_code(errc::already_registered);
+  if (find_table(canon.c_str())) {
+    return fail(errc::already_registered, "table '%' is already registered", {canon});
   }
   auto t = std::make_unique<table_state>();
   t->index = tables.size();
@@ -983,12 +1102,12 @@ std::error_code master::impl::register_table(const table_options& o) {
 
   // Table columns and primary key.
   std::vector<column_def> tcols;
-  std::vector<bool> tgenerated;
+  bool generated = false;                     // any generated column
   std::vector<std::pair<int, int>> pk_order;  // (pk position, table column)
   {
     stmt q;
     // table_xinfo: column indices as the pre-update hook counts them (generated included).
-    if (q.prepare(db, "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid"))
+    if (prepare(q, "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid"))
       return sql_fail("table_info");
     sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
     while (sqlite3_step(q.get()) == SQLITE_ROW) {
@@ -998,14 +1117,13 @@ std::error_code master::impl::register_table(const table_options& o) {
       c.decl_type = ty ? reinterpret_cast<const char*>(ty) : "";
       int pk = sqlite3_column_int(q.get(), 2);
       int hidden = sqlite3_column_int(q.get(), 3);
-      tgenerated.push_back(hidden == 2 || hidden == 3);
+      generated = generated || hidden == 2 || hidden == 3;
       if (pk > 0) pk_order.emplace_back(pk, static_cast<int>(tcols.size()));
       tcols.push_back(std::move(c));
     }
   }
   if (pk_order.empty()) {
-    last_error = "table '" + canon + "' has no PRIMARY KEY";
-    return make_error_code(errc::missing_primary_key);
+    return fail(errc::missing_primary_key, "table '%' has no PRIMARY KEY", {canon});
   }
   // Column affinity rules of SQLite (datatype3.html §3.1): only REAL matters here.
   for (auto& c : tcols) {
@@ -1016,22 +1134,21 @@ std::error_code master::impl::register_table(const table_options& o) {
                 !ty.empty() && (has("REAL") || has("FLOA") || has("DOUB"));
     t->real_affinity.push_back(real);
   }
-  std::sort(pk_order.begin(), pk_order.end());
+  // Sorted by pk position (insertion sort: a handful of entries).
+  for (std::size_t i = 1; i < pk_order.size(); ++i)
+    for (std::size_t j = i; j > 0 && pk_order[j] < pk_order[j - 1]; --j)
+      std::swap(pk_order[j], pk_order[j - 1]);
   for (auto& p : pk_order) t->pk_table_cols.push_back(p.second);
   t->rowid_alias = pk_order.size() == 1 && ieq(tcols[pk_order[0].second].decl_type, "INTEGER");
-  {
-    // WITHOUT ROWID tables report no rowid alias even for INTEGER keys.
-    stmt q;
-    if (q.prepare(db, "SELECT wr FROM pragma_table_list WHERE schema='main' AND name=?1") == 0) {
-      sqlite3_bind_text(q.get(), 1, canon.c_str(), -1, SQLITE_STATIC);
-      if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_int(q.get(), 0)) t->rowid_alias = false;
-    }
-  }
+  // WITHOUT ROWID tables report no rowid alias even for INTEGER keys (`wr` of the table's
+  // pragma_table_list row, read above).
+  if (without_rowid) t->rowid_alias = false;
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
   if (!t->rowid_alias) {
-    last_error = "table '" + canon + "': without the pre-update hook only tables keyed by an "
-                 "INTEGER PRIMARY KEY (rowid) can be captured";
-    return make_error_code(errc::unsupported_table);
+    return fail(errc::unsupported_table,
+                "table '%': without the pre-update hook only tables keyed by an INTEGER PRIMARY "
+                "KEY (rowid) can be captured",
+                {canon});
   }
 #endif
   auto table_col = [&](const std::string& name) -> int {
@@ -1042,22 +1159,23 @@ std::error_code master::impl::register_table(const table_options& o) {
   std::string where;
   for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) {
     if (i) where += " AND ";
-    where += quote_ident(tcols[t->pk_table_cols[i]].name) + "=?" + std::to_string(i + 1);
+    where += quote_ident(tcols[t->pk_table_cols[i]].name);
+    where += "=?";
+    where += decimal(i + 1);
   }
   t->where_pk = where;
 
   // Stream columns.
   if (!o.serializer_sql.empty()) {
     if (!o.columns.empty()) {
-      last_error = "columns and serializer_sql are exclusive";
-      return make_error_code(errc::invalid_argument);
+      return fail(errc::invalid_argument, "columns and serializer_sql are exclusive");
     }
     if (t->read_custom.prepare(db, o.serializer_sql)) return sql_fail("serializer_sql");
     int n = sqlite3_column_count(t->read_custom.get());
     if (sqlite3_bind_parameter_count(t->read_custom.get()) !=
         static_cast<int>(t->pk_table_cols.size())) {
-      last_error = "serializer_sql must take exactly one parameter per primary-key column";
-      return make_error_code(errc::invalid_argument);
+      return fail(errc::invalid_argument,
+                  "serializer_sql must take exactly one parameter per primary-key column");
     }
     for (int i = 0; i < n; ++i) {
       column_def c;
@@ -1067,19 +1185,18 @@ std::error_code master::impl::register_table(const table_options& o) {
       t->sch.columns.push_back(std::move(c));
     }
   } else {
-    std::vector<std::string> names = o.columns;
-    if (names.empty())
-      for (auto& c : tcols) names.push_back(c.name);
-    for (auto& n : names) {
+    // The listed columns, or every table column.
+    bool all = o.columns.empty();
+    std::size_t n_names = all ? tcols.size() : o.columns.size();
+    for (std::size_t k = 0; k < n_names; ++k) {
+      const std::string& n = all ? tcols[k].name : o.columns[k];
       int c = table_col(n);
       if (c < 0) {
-        last_error = "table '" + canon + "' has no column '" + n + "'";
-        return make_error_code(errc::unknown_column);
+        return fail(errc::unknown_column, "table '%' has no column '%'", {canon, n});
       }
       for (int prev : t->sel_table_cols)
         if (prev == c) {
-          last_error = "column '" + n + "' listed twice";
-          return make_error_code(errc::invalid_argument);
+          return fail(errc::invalid_argument, "column '%' listed twice", {n});
         }
       t->sel_table_cols.push_back(c);
       t->sch.columns.push_back(tcols[static_cast<std::size_t>(c)]);
@@ -1101,23 +1218,20 @@ std::error_code master::impl::register_table(const table_options& o) {
       }
     }
     if (!found) {
-      last_error = "columns of '" + o.cqrs_id + "' must include primary-key column '" +
-                   tcols[static_cast<std::size_t>(pkc)].name + "'";
-      return make_error_code(errc::missing_primary_key);
+      return fail(errc::missing_primary_key, "columns of '%' must include primary-key column '%'",
+                  {o.cqrs_id, tcols[static_cast<std::size_t>(pkc)].name});
     }
   }
   for (auto& n : o.tracked) {
     int c = table_col(n);
     if (c < 0) {
-      last_error = "table '" + canon + "' has no tracked column '" + n + "'";
-      return make_error_code(errc::unknown_column);
+      return fail(errc::unknown_column, "table '%' has no tracked column '%'", {canon, n});
     }
     std::uint32_t sc = UINT32_MAX;
     for (std::size_t i = 0; i < t->sch.columns.size(); ++i)
       if (ieq(t->sch.columns[i].name, n)) sc = static_cast<std::uint32_t>(i);
     if (sc == UINT32_MAX) {
-      last_error = "tracked column '" + n + "' is not among the columns sent";
-      return make_error_code(errc::unknown_column);
+      return fail(errc::unknown_column, "tracked column '%' is not among the columns sent", {n});
     }
     t->tracked.emplace_back(sc, c);
   }
@@ -1125,8 +1239,6 @@ std::error_code master::impl::register_table(const table_options& o) {
   // Old values of every stream column (table columns) detect no-op changes (SET x = x, changes
   // undone by ROLLBACK TO) and give tracked previous values. Generated columns are computed
   // after the hook: a table with any re-reads final values and skips old-value comparisons.
-  bool generated = false;
-  for (bool g : tgenerated) generated = generated || g;
   if (!generated) {
     if (o.serializer_sql.empty())
       t->compare_table_cols = t->sel_table_cols;
@@ -1146,9 +1258,13 @@ std::error_code master::impl::register_table(const table_options& o) {
     }
     if (cols.empty()) cols = "1";
     t->select_cols = cols;
-    if (t->read_final.prepare(db, "SELECT " + cols + " FROM " + quote_ident(canon) + " WHERE " +
-                                      where))
-      return sql_fail("read_final");
+    std::string sql = "SELECT ";
+    sql += cols;
+    sql += " FROM ";
+    sql += quote_ident(canon);
+    sql += " WHERE ";
+    sql += where;
+    if (t->read_final.prepare(db, sql)) return sql_fail("read_final");
   }
 
   t->sch.cqrs_id = o.cqrs_id;
@@ -1162,8 +1278,8 @@ std::error_code master::impl::register_table(const table_options& o) {
   table_state* tp = t.get();
   std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
     stmt ins, sel;
-    if (ins.prepare(db, "INSERT OR IGNORE INTO edgecqrs_stream(cqrs_id,next_seq) VALUES(?1,1)") ||
-        sel.prepare(db, "SELECT rowid, next_seq FROM edgecqrs_stream WHERE cqrs_id=?1"))
+    if (prepare(ins, "INSERT OR IGNORE INTO edgecqrs_stream(cqrs_id,next_seq) VALUES(?1,1)") ||
+        prepare(sel, "SELECT rowid, next_seq FROM edgecqrs_stream WHERE cqrs_id=?1"))
       return sql_fail("stream");
     sqlite3_bind_text(ins.get(), 1, o.cqrs_id.c_str(), -1, SQLITE_STATIC);
     if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("stream");
@@ -1172,8 +1288,9 @@ std::error_code master::impl::register_table(const table_options& o) {
     tp->stream_id = sqlite3_column_int64(sel.get(), 0);
     tp->next_seq = static_cast<std::uint64_t>(sqlite3_column_int64(sel.get(), 1));
     stmt mx;
-    if (mx.prepare(db, "SELECT max(first_seq + n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
-                       "stream=?1"))
+    if (prepare(mx,
+                "SELECT max(first_seq + n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
+                "stream=?1"))
       return sql_fail("stream");
     sqlite3_bind_int64(mx.get(), 1, tp->stream_id);
     if (sqlite3_step(mx.get()) == SQLITE_ROW && sqlite3_column_type(mx.get(), 0) != SQLITE_NULL)
@@ -1185,10 +1302,10 @@ std::error_code master::impl::register_table(const table_options& o) {
 #ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
   {
     std::string trig = "CREATE TEMP TRIGGER IF NOT EXISTS " +
-                       quote_ident("edgecqrs_key_gone_" + std::to_string(tp->index)) +
+                       quote_ident("edgecqrs_key_gone_" + decimal(tp->index)) +
                        " AFTER UPDATE ON main." + quote_ident(canon) +
                        " WHEN old.rowid IS NOT new.rowid BEGIN SELECT edgecqrs_key_gone(" +
-                       std::to_string(tp->index) + ", old.rowid); END";
+                       decimal(tp->index) + ", old.rowid); END";
     internal_write = true;
     std::error_code te = exec(trig.c_str());
     internal_write = false;
@@ -1197,19 +1314,16 @@ std::error_code master::impl::register_table(const table_options& o) {
 #endif
   {
     std::lock_guard<std::mutex> lk(stats_mu);
-    by_table[canon] = tp;
-    by_id[o.cqrs_id] = tp;
+    tables.push_back(std::move(t));
   }
-  by_stream[tp->stream_id] = tp;
   tp->head = tp->next_seq - 1;
-  tables.push_back(std::move(t));
   if (tx) subscribe_control(*tp);
   return {};
 }
 
-std::error_code master::impl::subscribe_control(table_state& t) {
+std::error_code engine::subscribe_control(table_state& t) {
   std::weak_ptr<sink> w = snk;
-  std::string id = t.cqrs_id;
+  std::size_t id = t.index;  // tables are never removed
   return tx->subscribe(t.control_topic, [w, id](const incoming_message& m) {
     auto s = w.lock();
     if (!s) return;
@@ -1226,8 +1340,7 @@ std::error_code master::impl::subscribe_control(table_state& t) {
   });
 }
 
-std::error_code master::impl::enqueue_schema(table_state& t, std::uint64_t& nr,
-                                             std::uint64_t& nb) {
+std::error_code engine::enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb) {
   std::vector<std::uint8_t> buf;
   std::error_code ec = append_encoded(buf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
     return encode_schema(t.sch, b, c, w);
@@ -1238,8 +1351,7 @@ std::error_code master::impl::enqueue_schema(table_state& t, std::uint64_t& nr,
 
 // Runs `body` in BEGIN IMMEDIATE .. COMMIT as the library's own write (not captured); updates
 // the outbox accounting after a successful commit.
-std::error_code master::impl::internal_txn(
-    const std::function<std::error_code(std::uint64_t&, std::uint64_t&)>& body) {
+std::error_code engine::internal_txn(fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body) {
   std::uint64_t nr = 0, nb = 0;
   internal_write = true;
   std::error_code ec = exec("BEGIN IMMEDIATE");
@@ -1260,7 +1372,7 @@ std::error_code master::impl::internal_txn(
 
 // ============================================================================ commit
 
-std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool& emitted) {
+std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitted) {
   emitted = false;
   table_state& t = *d.t;
   std::size_t npk = t.pk_table_cols.size();
@@ -1319,8 +1431,7 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
       bind_view(rc_stmt, static_cast<int>(i + 1), cell(d.pk_at + i));
     int r2 = sqlite3_step(rc_stmt);
     if (r2 == SQLITE_DONE) {
-      last_error = "serializer_sql of '" + t.cqrs_id + "' returned no row";
-      return make_error_code(errc::serialization_failed);
+      return fail(errc::serialization_failed, "serializer_sql of '%' returned no row", {t.cqrs_id});
     }
     if (r2 != SQLITE_ROW) return sql_fail("serializer_sql");
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(rc_stmt, static_cast<int>(i));
@@ -1333,15 +1444,8 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   if (ec) return ec;
   if (t.filter && !t.filter(rr)) return {};
   std::vector<value> owned;
-  if (t.serializer) {
-    owned.reserve(ncol);
-    for (auto& v : vals) owned.push_back(value::from(v));
-    if (t.serializer(rr, owned) || owned.size() != ncol) {
-      last_error = "serializer of '" + t.cqrs_id + "' failed";
-      return make_error_code(errc::serialization_failed);
-    }
-    for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
-  }
+  if (t.serializer)
+    if (auto e = serialize(t, rr, vals, owned)) return e;
   std::vector<std::uint32_t>& prev_cols = prev_cols_scratch;
   std::vector<value_view>& prev_vals = prev_vals_scratch;
   prev_cols.clear();
@@ -1379,11 +1483,11 @@ std::error_code master::impl::encode_dirty(dirty_row& d, std::int64_t now, bool&
   return ec;
 }
 
-std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
-                                    std::uint64_t& n_events) {
+std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
+                              std::uint64_t& n_events) {
   if (dirty_overflow) {
-    last_error = "more than max_rows_per_transaction rows changed in one transaction";
-    return make_error_code(errc::outbox_full);
+    return fail(errc::outbox_full,
+                "more than max_rows_per_transaction rows changed in one transaction");
   }
   if (n_dirty == 0) return {};
   std::int64_t now = clk->now_ms();
@@ -1419,10 +1523,9 @@ std::error_code master::impl::flush(std::uint64_t& new_records, std::uint64_t& n
 
 // ============================================================================ sync rows
 
-std::error_code master::impl::read_rows(
+std::error_code engine::read_rows(
     table_state& t, std::string_view where_sql, const std::vector<sql_param>& params,
-    const std::function<std::error_code(std::int64_t, std::size_t, const std::uint8_t*,
-                                        std::size_t)>& emit,
+    fn_ref<std::error_code(std::int64_t, std::size_t, const std::uint8_t*, std::size_t)> emit,
     std::size_t& rows) {
   rows = 0;
   // Keys of the matching rows first, then each row through the same path as capture.
@@ -1434,18 +1537,25 @@ std::error_code master::impl::read_rows(
   if (!t.serializer_sql.empty()) {
     // Stream column names of the pk equal table column names (checked at registration).
   }
-  std::string sql = "SELECT " + pk_cols + " FROM " + quote_ident(t.table);
-  if (!where_sql.empty()) sql += " WHERE (" + std::string(where_sql) + ")";
-  sql += " ORDER BY " + pk_cols;
+  std::string sql = "SELECT ";
+  sql += pk_cols;
+  sql += " FROM ";
+  sql += quote_ident(t.table);
+  if (!where_sql.empty()) {
+    sql += " WHERE (";
+    sql += where_sql;
+    sql += ")";
+  }
+  sql += " ORDER BY ";
+  sql += pk_cols;
   stmt q;
   if (q.prepare(db, sql)) {
-    last_error = "sync WHERE: " + std::string(sqlite3_errmsg(db));
-    return make_error_code(errc::invalid_argument);
+    return fail(errc::invalid_argument, "sync WHERE: %", {sqlite3_errmsg(db)});
   }
   if (sqlite3_bind_parameter_count(q.get()) != static_cast<int>(params.size())) {
-    last_error = "sync WHERE takes " + std::to_string(sqlite3_bind_parameter_count(q.get())) +
-                 " parameters, " + std::to_string(params.size()) + " given";
-    return make_error_code(errc::invalid_argument);
+    return fail(errc::invalid_argument, "sync WHERE takes % parameters, % given",
+                {decimal(static_cast<std::size_t>(sqlite3_bind_parameter_count(q.get()))),
+                 decimal(params.size())});
   }
   for (std::size_t i = 0; i < params.size(); ++i)
     bind_view(q.get(), static_cast<int>(i + 1), params[i].view());
@@ -1468,14 +1578,10 @@ std::error_code master::impl::read_rows(
     return ec;
   };
   int rc;
+  // The key values are read in place: q does not step until the row is done.
+  std::vector<value_view> pkv(npk);
   while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
-    std::vector<value> pk;
-    pk.reserve(npk);
-    std::vector<value_view> pkv(npk);
-    for (std::size_t i = 0; i < npk; ++i) {
-      pk.push_back(value::from(column_view(q.get(), static_cast<int>(i))));
-      pkv[i] = pk.back().view();
-    }
+    for (std::size_t i = 0; i < npk; ++i) pkv[i] = column_view(q.get(), static_cast<int>(i));
     std::string key = encode_key(pkv.data(), npk);
     sqlite3_stmt* src;
     sqlite3_stmt* rf = t.serializer_sql.empty() ? t.read_final.get() : t.read_custom.get();
@@ -1489,15 +1595,8 @@ std::error_code master::impl::read_rows(
     for (std::size_t i = 0; i < ncol; ++i) vals[i] = column_view(src, static_cast<int>(i));
     row_ref rr{t.sch.columns.data(), vals.data(), ncol};
     if (t.filter && !t.filter(rr)) continue;
-    if (t.serializer) {
-      owned.clear();
-      for (auto& v : vals) owned.push_back(value::from(v));
-      if (t.serializer(rr, owned) || owned.size() != ncol) {
-        last_error = "serializer of '" + t.cqrs_id + "' failed";
-        return make_error_code(errc::serialization_failed);
-      }
-      for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
-    }
+    if (t.serializer)
+      if (auto e = serialize(t, rr, vals, owned)) return e;
     // Version and update time of the row; a row never captured (older than its registration)
     // is version 1.
     std::uint64_t ver = 1;
@@ -1536,10 +1635,9 @@ std::error_code master::impl::read_rows(
   return {};
 }
 
-std::error_code master::impl::sync_locked(table_state& t, std::string_view where_sql,
-                                          const std::vector<sql_param>& params,
-                                          std::string_view replica, bool resync,
-                                          std::size_t* synced) {
+std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
+                                    const std::vector<sql_param>& params, std::string_view replica,
+                                    bool resync, std::size_t* synced) {
   std::size_t rows = 0;
   std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
     message ext_msg;
@@ -1580,8 +1678,7 @@ std::error_code master::impl::sync_locked(table_state& t, std::string_view where
       if (auto e2 = encode_ext()) return e2;
       if (last_id) {
         stmt up;
-        if (up.prepare(db, "UPDATE edgecqrs_outbox SET ext=?2 WHERE id=?1"))
-          return sql_fail("resync");
+        if (prepare(up, "UPDATE edgecqrs_outbox SET ext=?2 WHERE id=?1")) return sql_fail("resync");
         sqlite3_bind_int64(up.get(), 1, last_id);
         sqlite3_bind_blob(up.get(), 2, ext.data(), static_cast<int>(ext.size()), SQLITE_STATIC);
         if (sqlite3_step(up.get()) != SQLITE_DONE) return sql_fail("resync");
@@ -1598,7 +1695,7 @@ std::error_code master::impl::sync_locked(table_state& t, std::string_view where
 
 // ============================================================================ publisher
 
-std::error_code master::impl::handle_completions() {
+std::error_code engine::handle_completions() {
   std::vector<completion> done;
   {
     std::lock_guard<std::mutex> lk(snk->mu);
@@ -1607,18 +1704,15 @@ std::error_code master::impl::handle_completions() {
   if (done.empty()) return {};
   std::vector<inflight_msg> acked;
   for (auto& c : done) {
-    auto it = inflight.find(c.msg_no);
-    if (it == inflight.end()) continue;
-    inflight_msg m = std::move(it->second);
-    inflight.erase(it);
-    for (auto id : m.ids) inflight_ids.erase(id);
+    std::size_t k = 0;
+    while (k < inflight.size() && inflight[k].no != c.msg_no) ++k;
+    if (k == inflight.size()) continue;
+    inflight_msg m = std::move(inflight[k]);
+    if (k + 1 != inflight.size()) inflight[k] = std::move(inflight.back());
+    inflight.pop_back();
     if (c.ec) {
-      std::lock_guard<std::mutex> lk(stats_mu);
-      ++st.publish_failures;
-      ++consecutive_failures;
-      std::int64_t b = cfg.backoff_initial_ms;
-      for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
-      backoff_until = clk->steady_ms() + std::min(b, cfg.backoff_max_ms);
+      std::int64_t delay = failure_backoff();
+      backoff_until = clk->steady_ms() + delay;
       if (!m.ids.empty()) cursor = std::min(cursor, m.ids.front() - 1);
       continue;
     }
@@ -1673,21 +1767,22 @@ std::error_code master::impl::handle_completions() {
   return {};
 }
 
-std::error_code master::impl::prune() {
+std::error_code engine::prune() {
   bool streams = kept_records > cfg.replay_keep_records || kept_bytes > cfg.replay_keep_bytes;
   if (!streams && !acked_other) return {};
   std::int64_t max_id = 0;
   {
     stmt q;
-    if (q.prepare(db, "SELECT max(id) FROM edgecqrs_outbox")) return sql_fail("prune");
+    if (prepare(q, "SELECT max(id) FROM edgecqrs_outbox")) return sql_fail("prune");
     if (sqlite3_step(q.get()) == SQLITE_ROW) max_id = sqlite3_column_int64(q.get(), 0);
   }
   std::int64_t upto = 0;
   std::uint64_t dr = 0, db_bytes = 0;
   if (streams) {
     stmt q;
-    if (q.prepare(db, "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 AND kind=0 "
-                      "ORDER BY id"))
+    if (prepare(q,
+                "SELECT id, length(body) FROM edgecqrs_outbox WHERE acked=1 AND kind=0 "
+                "ORDER BY id"))
       return sql_fail("prune");
     std::uint64_t kr = kept_records, kb = kept_bytes;
     while ((kr > cfg.replay_keep_records || kb > cfg.replay_keep_bytes) &&
@@ -1713,14 +1808,14 @@ std::error_code master::impl::prune() {
         if (sqlite3_step(su) != SQLITE_DONE) return sql_fail("stream seq");
       }
       stmt del;
-      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
+      if (prepare(del, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
         return sql_fail("prune");
       sqlite3_bind_int64(del.get(), 1, upto);
       if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
     }
     if (acked_other) {
       stmt del;
-      if (del.prepare(db, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind<>0 AND id<?1"))
+      if (prepare(del, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind<>0 AND id<?1"))
         return sql_fail("prune");
       sqlite3_bind_int64(del.get(), 1, max_id);
       if (sqlite3_step(del.get()) != SQLITE_DONE) return sql_fail("prune");
@@ -1742,7 +1837,7 @@ std::error_code master::impl::prune() {
 // (group commit: one fdatasync covers every record committed so far, not one per transaction;
 // nothing is queried while no new record is about to go out). In rollback-journal
 // modes a commit is synced unless synchronous=OFF (docs/capture.md).
-std::error_code master::impl::make_outbox_durable() {
+std::error_code engine::make_outbox_durable() {
   sqlite3_stmt* s = st_outbox_top.get();
   reset_guard g{s};
   int rc = sqlite3_step(s);
@@ -1763,15 +1858,15 @@ std::error_code master::impl::make_outbox_durable() {
       wal->pMethods) {
     rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
     if (rc != SQLITE_OK) {
-      last_error = "outbox sync before publishing failed: " + std::string(sqlite3_errstr(rc));
-      return make_error_code(errc::sqlite_error);
+      return fail(errc::sqlite_error, "outbox sync before publishing failed: %",
+                  {sqlite3_errstr(rc)});
     }
   }
   durable_upto = top;
   return {};
 }
 
-std::error_code master::impl::publish_pending() {
+std::error_code engine::publish_pending() {
   if (!tx || !tx->connected()) return {};
   std::int64_t now = clk->steady_ms();
   if (now < backoff_until) return {};
@@ -1784,7 +1879,7 @@ std::error_code master::impl::publish_pending() {
     sqlite3_bind_int64(s, 2, static_cast<sqlite3_int64>(cfg.max_message_events + 64));
     int rc = sqlite3_step(s);
     // Skip records already in flight (after a rewind).
-    while (rc == SQLITE_ROW && inflight_ids.count(sqlite3_column_int64(s, 0))) {
+    while (rc == SQLITE_ROW && id_in_flight(sqlite3_column_int64(s, 0))) {
       cursor = std::max<std::int64_t>(cursor, sqlite3_column_int64(s, 0));
       rc = sqlite3_step(s);
     }
@@ -1793,13 +1888,13 @@ std::error_code master::impl::publish_pending() {
     inflight_msg m;
     m.stream = sqlite3_column_int64(s, 1);
     int kind = sqlite3_column_int(s, 2);
-    auto st_it = by_stream.find(m.stream);
-    if (st_it == by_stream.end()) {
+    table_state* tsp = find_stream(m.stream);
+    if (!tsp) {
       // A stream no longer registered: its records wait until it is registered again.
       cursor = sqlite3_column_int64(s, 0);
       continue;
     }
-    table_state& t = *st_it->second;
+    table_state& t = *tsp;
     std::string topic;
     publish_options opts;
     msgbuf.clear();
@@ -1859,7 +1954,7 @@ std::error_code master::impl::publish_pending() {
       grpbuf.clear();
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
-        if (inflight_ids.count(id) || sqlite3_column_int64(s, 1) != m.stream ||
+        if (id_in_flight(id) || sqlite3_column_int64(s, 1) != m.stream ||
             sqlite3_column_int(s, 2) != kind_stream ||
             static_cast<std::uint64_t>(sqlite3_column_int64(s, 3)) != expect)
           break;
@@ -1913,37 +2008,22 @@ std::error_code master::impl::publish_pending() {
     if (m.ids.back() > durable_upto)
       if (auto ec = make_outbox_durable()) return ec;
     std::uint64_t no = next_msg_no++;
-    std::weak_ptr<sink> w = snk;
-    std::error_code ec = tx->publish(topic, msgbuf.data(), msgbuf.size(), opts,
-                                     [w, no](std::error_code e) {
-                                       auto sp = w.lock();
-                                       if (!sp) return;
-                                       std::lock_guard<std::mutex> lk(sp->mu);
-                                       if (!sp->alive) return;
-                                       sp->done.push_back({no, e});
-                                       if (sp->wake) sp->wake->notify_one();
-                                     });
+    std::error_code ec =
+        tx->publish(topic, msgbuf.data(), msgbuf.size(), opts, publish_done{snk, no, true});
     if (ec) {
       // Not queued (window full, disconnected): retry after a backoff, nothing lost.
-      std::lock_guard<std::mutex> lk(stats_mu);
-      ++st.publish_failures;
-      ++consecutive_failures;
-      std::int64_t b = cfg.backoff_initial_ms;
-      for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
-      backoff_until = now + std::min(b, cfg.backoff_max_ms);
+      backoff_until = now + failure_backoff();
       return {};
     }
-    for (auto id : m.ids) {
-      inflight_ids[id] = true;
-      cursor = std::max(cursor, id);
-    }
+    for (auto id : m.ids) cursor = std::max(cursor, id);
     t.last_publish_ms = now;
-    inflight.emplace(no, std::move(m));
+    m.no = no;
+    inflight.push_back(std::move(m));
   }
   return {};
 }
 
-void master::impl::heartbeats() {
+void engine::heartbeats() {
   if (!tx || cfg.heartbeat_interval_ms <= 0 || !tx->connected()) return;
   std::int64_t now = clk->steady_ms();
   if (now < backoff_until) return;
@@ -1957,27 +2037,19 @@ void master::impl::heartbeats() {
     std::size_t w = 0;
     if (encode_message_head(t.sch.schema_tag, t.next_seq, 0, false, buf, sizeof buf, w)) continue;
     std::uint64_t no = next_msg_no++;
-    std::weak_ptr<sink> wk = snk;
-    if (tx->publish(t.event_topic, buf, w, publish_options{}, [wk, no](std::error_code e) {
-          auto sp = wk.lock();
-          if (!sp) return;
-          std::lock_guard<std::mutex> lk(sp->mu);
-          if (sp->alive) sp->done.push_back({no, e});
-        }))
-      return;
+    if (tx->publish(t.event_topic, buf, w, publish_options{}, publish_done{snk, no, false})) return;
     inflight_msg m;
     m.stream = t.stream_id;
     m.heartbeat = true;
-    inflight.emplace(no, std::move(m));
+    m.no = no;
+    inflight.push_back(std::move(m));
     t.last_publish_ms = now;
   }
 }
 
-std::error_code master::impl::handle_control(const std::string& cqrs_id,
-                                             const control_request& c) {
-  auto it = by_id.find(cqrs_id);
-  if (it == by_id.end()) return {};
-  table_state& t = *it->second;
+std::error_code engine::handle_control(std::size_t table, const control_request& c) {
+  if (table >= tables.size()) return {};
+  table_state& t = *tables[table];
   if (validate_replica_name(c.replica)) return {};
   {
     std::lock_guard<std::mutex> lk(stats_mu);
@@ -1993,9 +2065,9 @@ std::error_code master::impl::handle_control(const std::string& cqrs_id,
     if (from == 0 || from > to) return {};
     // Every seq of [from, to] must be in a kept (or still pending) stream record.
     stmt q;
-    if (q.prepare(db,
-                  "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
-                  "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
+    if (prepare(q,
+                "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
+                "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
       return sql_fail("replay");
     sqlite3_bind_int64(q.get(), 1, t.stream_id);
     sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(from));
@@ -2046,14 +2118,14 @@ std::error_code master::impl::handle_control(const std::string& cqrs_id,
   return sync_locked(t, "", {}, c.replica, true, nullptr);
 }
 
-std::error_code master::impl::poll_locked() {
+std::error_code engine::poll_locked() {
   std::error_code first;
   auto keep = [&](std::error_code e) {
     if (e && !first) first = e;
   };
   keep(handle_completions());
   keep(prune());
-  std::deque<std::pair<std::string, control_request>> ctl;
+  std::vector<std::pair<std::size_t, control_request>> ctl;
   {
     std::lock_guard<std::mutex> lk(snk->mu);
     ctl.swap(snk->control);
@@ -2140,9 +2212,9 @@ std::error_code master::register_table(const table_options& opts) {
 
 bool master::schema_of(std::string_view cqrs_id, schema& out) const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
-  auto it = impl_->by_id.find(cqrs_id);
-  if (it == impl_->by_id.end()) return false;
-  out = it->second->sch;
+  const auto* t = impl_->find_id(cqrs_id);
+  if (!t) return false;
+  out = t->sch;
   return true;
 }
 
@@ -2172,8 +2244,7 @@ std::error_code master::commit() {
     // The body committed or rolled back by itself (plain SQL): our transaction is gone.
     m.clear_dirty();
     finish();
-    m.last_error = "the transaction was ended outside master::commit()";
-    return make_error_code(errc::not_in_transaction);
+    return m.fail(errc::not_in_transaction, "the transaction was ended outside master::commit()");
   }
   std::uint64_t nr = 0, nb = 0, ne = 0;
   m.internal_write = true;
@@ -2235,9 +2306,9 @@ std::error_code master::sync(std::string_view cqrs_id, std::string_view where_sq
   if (!replica.empty())
     if (auto ec = validate_replica_name(replica)) return ec;
   std::lock_guard<std::mutex> lk(m.txn_mu);
-  auto it = m.by_id.find(cqrs_id);
-  if (it == m.by_id.end()) return make_error_code(errc::unknown_stream);
-  return m.sync_locked(*it->second, where_sql, params, replica, false, synced);
+  auto* tp = m.find_id(cqrs_id);
+  if (!tp) return make_error_code(errc::unknown_stream);
+  return m.sync_locked(*tp, where_sql, params, replica, false, synced);
 }
 
 std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
@@ -2252,18 +2323,17 @@ std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
   if (m.in_txn && m.txn_owner == std::this_thread::get_id())
     return make_error_code(errc::nested_transaction);
   std::lock_guard<std::mutex> lk(m.txn_mu);
-  auto it = m.by_id.find(cqrs_id);
-  if (it == m.by_id.end()) return make_error_code(errc::unknown_stream);
-  auto& t = *it->second;
+  auto* tp = m.find_id(cqrs_id);
+  if (!tp) return make_error_code(errc::unknown_stream);
+  auto& t = *tp;
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (!f) return make_error_code(errc::io_error);
   std::vector<std::uint8_t> out;
   // Header: ["edgecqrs-dump", 1, schema-message]
-  static const char kMagic[] = "edgecqrs-dump";
-  out.push_back(0x83);
-  out.push_back(static_cast<std::uint8_t>(0x60 | (sizeof kMagic - 1)));
-  out.insert(out.end(), kMagic, kMagic + sizeof kMagic - 1);
-  out.push_back(0x01);
+  // array(3), text(13) "edgecqrs-dump", 1
+  static const std::uint8_t kHead[] = {0x83, 0x6d, 'e', 'd', 'g', 'e', 'c', 'q',
+                                       'r',  's',  '-', 'd', 'u', 'm', 'p', 0x01};
+  out.assign(kHead, kHead + sizeof kHead);
   std::error_code ec = append_encoded(out, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
     return encode_schema(t.sch, b, c, w);
   });
@@ -2305,7 +2375,6 @@ void master::set_transport(transport* tx) {
   std::lock_guard<std::mutex> lk(m.txn_mu);
   m.tx = tx;
   m.inflight.clear();
-  m.inflight_ids.clear();
   m.cursor = 0;
   if (tx)
     for (auto& t : m.tables) m.subscribe_control(*t);
@@ -2366,8 +2435,8 @@ master_stats master::stats() const {
 
 std::uint64_t master::head_seq(std::string_view cqrs_id) const {
   std::lock_guard<std::mutex> lk(impl_->stats_mu);
-  auto it = impl_->by_id.find(cqrs_id);
-  return it == impl_->by_id.end() ? 0 : it->second->head.load();
+  const auto* t = impl_->find_id(cqrs_id);
+  return t ? t->head.load() : 0;
 }
 
 std::string master::last_error_message() const { return impl_->last_error; }
