@@ -423,10 +423,25 @@ TEST_CASE("direct sync reaches only the named replica") {
   REQUIRE_MESSAGE(s.broker().start(), s.broker().error());
   auto r1 = s.start_replica("r1", "dash-r1", "r1.db");
   auto r2 = s.start_replica("r2", "dash-r2", "r2.db");
-  s.run_master({"--rows", "200", "--batch", "50"});
+  // Each replica asks for a re-sync when it first meets the stream. The master lingers until
+  // both sessions are done: an unanswered request (or an answer left in the outbox) would be
+  // served by the sync run below and repair r2 for a reason other than the direct sync.
+  auto master = s.start_master({"--rows", "200", "--batch", "50", "--linger"});
+  REQUIRE(scenario::wait_until([&] { return s.log("master").find("lingering") != std::string::npos ||
+                                            !master->running(); },
+                               60s));
+  REQUIRE_MESSAGE(master->running(), s.log("master"));
   std::string why;
   REQUIRE_MESSAGE(s.converges("r1.db", 30s, &why), why);
   REQUIRE_MESSAGE(s.converges("r2.db", 30s, &why), why);
+  const auto resynced = [&](const char* db) {
+    const auto done =
+        example::query_rows(s.path(db), "SELECT min(resync_done) FROM edgecqrs_r_streams");
+    return done.size() == 1 && std::atoll(done.front().c_str()) >= 1;
+  };
+  REQUIRE_MESSAGE(scenario::wait_until([&] { return resynced("r1.db") && resynced("r2.db"); }, 60s),
+                  s.log("master"));
+  REQUIRE(master->terminate() == 0);
   // Tamper with both replicas behind edgecqrs' back.
   for (const char* db : {"r1.db", "r2.db"}) {
     sqlite3* h = nullptr;
