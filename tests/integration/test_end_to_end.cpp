@@ -424,8 +424,9 @@ TEST_CASE("direct sync reaches only the named replica") {
   auto r1 = s.start_replica("r1", "dash-r1", "r1.db");
   auto r2 = s.start_replica("r2", "dash-r2", "r2.db");
   // Each replica asks for a re-sync when it first meets the stream. The master lingers until
-  // both sessions are done: an unanswered request (or an answer left in the outbox) would be
-  // served by the sync run below and repair r2 for a reason other than the direct sync.
+  // both sessions are done and its outbox is empty: an unanswered request, or an answer left in
+  // the outbox, would be served by the sync run below and repair r2 for a reason other than the
+  // direct sync.
   auto master = s.start_master({"--rows", "200", "--batch", "50", "--linger"});
   REQUIRE(scenario::wait_until([&] { return s.log("master").find("lingering") != std::string::npos ||
                                             !master->running(); },
@@ -439,7 +440,13 @@ TEST_CASE("direct sync reaches only the named replica") {
         example::query_rows(s.path(db), "SELECT min(resync_done) FROM edgecqrs_r_streams");
     return done.size() == 1 && std::atoll(done.front().c_str()) >= 1;
   };
-  REQUIRE_MESSAGE(scenario::wait_until([&] { return resynced("r1.db") && resynced("r2.db"); }, 60s),
+  const auto drained = [&] {
+    const auto n = example::query_rows(s.path("device.db"),
+                                       "SELECT count(*) FROM edgecqrs_outbox WHERE acked=0");
+    return n.size() == 1 && n.front() == "0";
+  };
+  REQUIRE_MESSAGE(scenario::wait_until(
+                      [&] { return resynced("r1.db") && resynced("r2.db") && drained(); }, 60s),
                   s.log("master"));
   REQUIRE(master->terminate() == 0);
   // Tamper with both replicas behind edgecqrs' back.
