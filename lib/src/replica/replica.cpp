@@ -598,12 +598,7 @@ struct replica::impl {
                            detail.empty() ? std::string_view(reason.message()) : detail, 1, data,
                            size, existing_id);
     if (!ec && s && m) ec = save_stream(*s, p);
-    if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
-    if (ec) {
-      const std::string why = sqlite3_errmsg(db);
-      exec(db, "ROLLBACK");
-      return not_committed(topic, why);
-    }
+    if (auto e = commit_or_rollback(ec, topic)) return e;
     if (s && m) {
       s->prog = p;
       if (p.resync_want > 0) want_resync(*s, p.resync_want);
@@ -1084,13 +1079,10 @@ struct replica::impl {
     s.incarnation = sch.incarnation;
     s.has_incarnation = true;
     if (!ec) ec = save_stream(s, p);
-    if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
-    if (ec) {
-      const std::string why = sqlite3_errmsg(db);
-      exec(db, "ROLLBACK");
+    if (auto e = commit_or_rollback(ec, topic)) {
       s.incarnation = old_inc;
       s.has_incarnation = old_has;
-      return not_committed(topic, why);
+      return e;
     }
     s.prog = p;
     for (auto it = plans.begin(); it != plans.end();)
@@ -1117,6 +1109,15 @@ struct replica::impl {
 
   // A message that could not be made durable (BEGIN, an apply step or COMMIT failed for a
   // storage reason): counted, described in last_error(); the caller rolled back.
+  // Ends the open write transaction: COMMIT when `ec` is clear, else (or when COMMIT fails)
+  // ROLLBACK, and then the message counts as not committed (gap repair fetches it again).
+  std::error_code commit_or_rollback(std::error_code ec, std::string_view topic) {
+    if (!ec && exec(db, "COMMIT") == SQLITE_OK) return {};
+    const std::string why = sqlite3_errmsg(db);
+    exec(db, "ROLLBACK");
+    return not_committed(topic, why);
+  }
+
   std::error_code not_committed(std::string_view topic, std::string why = {},
                                 std::error_code ec = make_error_code(errc::sqlite_error)) {
     if (why.empty()) why = sqlite3_errmsg(db);
@@ -1189,12 +1190,7 @@ struct replica::impl {
       progress p = s.prog;
       advance(p, m, opts.max_seen_ranges);
       if (!ec && p.head != s.prog.head) ec = save_stream(s, p);
-      if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
-      if (ec) {
-        const std::string why = sqlite3_errmsg(db);
-        exec(db, "ROLLBACK");
-        return not_committed(topic, why);
-      }
+      if (auto e = commit_or_rollback(ec, topic)) return e;
       s.prog = p;
       update_gap_state(s);
       return {};
@@ -1354,12 +1350,7 @@ struct replica::impl {
     if (!ec && competing) {
       // Nothing of the message applies; only the skip list may change.
       ec = save_stream(s, p);
-      if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
-      if (ec) {
-        const std::string why = sqlite3_errmsg(db);
-        exec(db, "ROLLBACK");
-        return not_committed(topic, why);
-      }
+      if (auto e = commit_or_rollback(ec, topic)) return e;
       s.prog = p;
       ++st.ignored;
       settle_resync(s);
