@@ -1,6 +1,8 @@
 // Broker-facing sub-commands over the Paho port: `consume` (the replica daemon), `sync`
 // (queue sync events and publish until the outbox drains) and the live side of `decode`.
 #ifdef EDGECQRS_HAVE_PAHO
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -13,8 +15,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <unistd.h>
 
 #include "commands.hpp"
 #include "common.hpp"
@@ -112,10 +112,13 @@ bool connect(const char* cmd, ports::paho_transport& t, const std::string& uri, 
     std::string detail = t.last_error_message();
     if (ec == make_error_code(errc::auth_failed) || ec == make_error_code(errc::tls_failed) ||
         ec == make_error_code(errc::bad_config)) {
-      errorf(cmd, "%s: %s%s%s", uri.c_str(), ec.message().c_str(), detail.empty() ? "" : ": ", detail.c_str());
+      errorf(cmd, "%s: %s%s%s", uri.c_str(), ec.message().c_str(), detail.empty() ? "" : ": ",
+             detail.c_str());
       return false;
     }
-    if (!quiet) errorf(cmd, "%s: %s; retrying in %lld ms", uri.c_str(), ec.message().c_str(), (long long)backoff);
+    if (!quiet)
+      errorf(cmd, "%s: %s; retrying in %lld ms", uri.c_str(), ec.message().c_str(),
+             (long long)backoff);
     if (!sleep_unless_signal(backoff)) return false;
     backoff = std::min<std::int64_t>(backoff * 2, 30000);
   }
@@ -127,7 +130,8 @@ int run_consume(const std::string& config, const std::string& db, const run_stat
   const char* cmd = "consume";
   consume_config cfg;
   if (!load_config(cmd, config, cfg)) return 2;
-  if (!cfg.broker.password_file.empty() && !read_password_file(cmd, cfg.broker.password_file, cfg.broker.password))
+  if (!cfg.broker.password_file.empty() &&
+      !read_password_file(cmd, cfg.broker.password_file, cfg.broker.password))
     return 2;
   install_signals();
   std::unique_ptr<replica> rep;
@@ -150,9 +154,10 @@ int run_consume(const std::string& config, const std::string& db, const run_stat
       return g_signal.load() ? 0 : 1;
     }
   if (!st.quiet)
-    std::fprintf(stderr, "edgecqrs consume: replica '%s' on %s, %zu stream(s), %d worker(s), database %s\n",
-                 cfg.name.c_str(), cfg.broker.url.c_str(), cfg.tables.size(), cfg.workers,
-                 (db.empty() ? cfg.database : db).c_str());
+    std::fprintf(stderr,
+                 "edgecqrs consume: replica '%s' on %s, %zu stream(s), %d worker(s), database %s\n",
+                 printable(cfg.name).c_str(), printable(cfg.broker.url).c_str(), cfg.tables.size(),
+                 cfg.workers, printable(db.empty() ? cfg.database : db).c_str());
   int rc = 0;
   while (!g_signal.load()) {
     if (auto ec = rep->poll()) {
@@ -170,13 +175,16 @@ int run_consume(const std::string& config, const std::string& db, const run_stat
   replica_stats s = rep->stats();
   rep.reset();
   if (!st.quiet)
-    std::fprintf(stderr,
-                 "edgecqrs consume: stopped (%s): %llu messages, %llu events applied, %llu stale, %llu "
-                 "duplicates, %llu dead letters\n",
-                 g_signal.load() == SIGTERM ? "SIGTERM" : g_signal.load() == SIGINT ? "SIGINT" : "error",
-                 (unsigned long long)s.messages, (unsigned long long)s.events_applied,
-                 (unsigned long long)s.skipped_stale, (unsigned long long)s.duplicates,
-                 (unsigned long long)s.dead_letters);
+    std::fprintf(
+        stderr,
+        "edgecqrs consume: stopped (%s): %llu messages, %llu events applied, %llu stale, %llu "
+        "duplicates, %llu dead letters\n",
+        g_signal.load() == SIGTERM  ? "SIGTERM"
+        : g_signal.load() == SIGINT ? "SIGINT"
+                                    : "error",
+        (unsigned long long)s.messages, (unsigned long long)s.events_applied,
+        (unsigned long long)s.skipped_stale, (unsigned long long)s.duplicates,
+        (unsigned long long)s.dead_letters);
   return rc;
 }
 
@@ -200,19 +208,22 @@ int run_sync(const sync_opts& o, const run_state& st) {
   std::size_t n = 0;
   if (auto ec = m->sync(o.target.cqrs_id, o.where, params, o.to, &n)) {
     std::string d = m->last_error_message();
-    errorf(cmd, "%s: %s%s%s", o.target.cqrs_id.c_str(), ec.message().c_str(), d.empty() ? "" : ": ", d.c_str());
+    errorf(cmd, "%s: %s%s%s", o.target.cqrs_id.c_str(), ec.message().c_str(), d.empty() ? "" : ": ",
+           d.c_str());
     return ec == make_error_code(errc::invalid_argument) ? 2 : 1;
   }
   if (!st.quiet)
     std::fprintf(stderr, "edgecqrs sync: %zu rows of '%s' queued as sync events%s%s\n", n,
-                 o.target.cqrs_id.c_str(), o.to.empty() ? "" : " to replica ", o.to.c_str());
+                 printable(o.target.cqrs_id).c_str(), o.to.empty() ? "" : " to replica ",
+                 printable(o.to).c_str());
   if (o.broker.empty()) return 0;  // the application's publisher sends them
   broker_config b;
   b.url = o.broker;
   b.mqtt_version = o.mqtt_version;
   b.username = o.username;
   if (!o.password_file.empty() && !read_password_file(cmd, o.password_file, b.password)) return 2;
-  ports::paho_config pc = paho_from(b, o.client_id.empty() ? "edgecqrs-sync-" + std::to_string(::getpid()) : o.client_id);
+  ports::paho_config pc = paho_from(
+      b, o.client_id.empty() ? "edgecqrs-sync-" + std::to_string(::getpid()) : o.client_id);
   pc.persistent_session = false;
   ports::paho_transport t(pc);
   if (!connect(cmd, t, o.broker, st.quiet)) return g_signal.load() ? 130 : 1;
@@ -230,9 +241,10 @@ int run_sync(const sync_opts& o, const run_state& st) {
     prog.update(s.messages_published);
     if (s.records_pending == 0 && s.in_flight == 0) break;
     if (g_signal.load() || std::chrono::steady_clock::now() > deadline) {
-      errorf(cmd, "%s with %llu outbox records unpublished (they stay queued and are sent by the "
-             "next publisher)", g_signal.load() ? "interrupted" : "timed out",
-             (unsigned long long)s.records_pending);
+      errorf(cmd,
+             "%s with %llu outbox records unpublished (they stay queued and are sent by the "
+             "next publisher)",
+             g_signal.load() ? "interrupted" : "timed out", (unsigned long long)s.records_pending);
       rc = 1;
       break;
     }
@@ -251,7 +263,8 @@ int run_sync(const sync_opts& o, const run_state& st) {
 
 // ------------------------------------------------------------------ decode --subscribe
 
-int decode_subscribe(const std::string& url, const std::string& topic, std::uint64_t count, bool quiet) {
+int decode_subscribe(const std::string& url, const std::string& topic, std::uint64_t count,
+                     bool quiet) {
   const char* cmd = "decode";
   install_signals();
   ports::paho_config pc;
@@ -272,18 +285,30 @@ int decode_subscribe(const std::string& url, const std::string& topic, std::uint
     std::string id(in.topic.substr(in.topic.rfind('/') + 1));
     if (!decode_message(in.data, in.size, m)) {
       auto it = schemas.find(id);
-      const schema* sp = it != schemas.end() && it->second.schema_tag == m.schema_tag ? &it->second : nullptr;
+      const schema* sp =
+          it != schemas.end() && it->second.schema_tag == m.schema_tag ? &it->second : nullptr;
       line = to_json(m, sp);
     } else if (!decode_schema(in.data, in.size, s)) {
-      line = nlohmann::json{{"schema", {{"cqrs_id", s.cqrs_id}, {"schema_tag", s.schema_tag}, {"columns", s.columns.size()}}}}.dump();
+      line = nlohmann::json{{"schema",
+                             {{"cqrs_id", s.cqrs_id},
+                              {"schema_tag", s.schema_tag},
+                              {"columns", s.columns.size()}}}}
+                 .dump();
       schemas[s.cqrs_id] = std::move(s);
     } else if (!decode_control(in.data, in.size, c)) {
-      line = nlohmann::json{{"control", {{"op", int(c.op)}, {"replica", c.replica}, {"from_seq", c.from_seq}, {"to_seq", c.to_seq}}}}.dump();
+      line = nlohmann::json{{"control",
+                             {{"op", int(c.op)},
+                              {"replica", c.replica},
+                              {"from_seq", c.from_seq},
+                              {"to_seq", c.to_seq}}}}
+                 .dump();
     } else {
-      errorf(cmd, "%.*s: %zu bytes: not an edgecqrs message", int(in.topic.size()), in.topic.data(), in.size);
+      errorf(cmd, "%.*s: %zu bytes: not an edgecqrs message", int(in.topic.size()), in.topic.data(),
+             in.size);
       return;
     }
-    std::printf("{\"topic\":%s,\"message\":%s}\n", nlohmann::json(std::string(in.topic)).dump().c_str(), line.c_str());
+    std::printf("{\"topic\":%s,\"message\":%s}\n",
+                nlohmann::json(std::string(in.topic)).dump().c_str(), line.c_str());
     std::fflush(stdout);
     ++printed;
   };
@@ -299,28 +324,39 @@ int decode_subscribe(const std::string& url, const std::string& topic, std::uint
 }
 
 void register_consume(CLI::App& app, run_state& st) {
-  auto* c = app.add_subcommand("consume", "Run a replica daemon from a config file (SIGINT/SIGTERM: clean stop)");
+  auto* c = app.add_subcommand(
+      "consume", "Run a replica daemon from a config file (SIGINT/SIGTERM: clean stop)");
   auto config = std::make_shared<std::string>();
   auto db = std::make_shared<std::string>();
-  c->add_option("--config", *config, "Replica config (TOML), see examples/replica.toml")->required();
+  c->add_option("--config", *config, "Replica config (TOML), see examples/replica.toml")
+      ->required();
   c->add_option("--db", *db, "Replica database (default: the config's replica.database)");
   c->callback([&st, config, db] { st.status = run_consume(*config, *db, st); });
 
-  auto* s = app.add_subcommand("sync", "Queue sync events for rows of a master table (and publish them with --broker)");
+  auto* s = app.add_subcommand(
+      "sync", "Queue sync events for rows of a master table (and publish them with --broker)");
   auto o = std::make_shared<sync_opts>();
   s->add_option("--db", o->target.db_path, "Master SQLite database")->required();
   s->add_option("-c,--cqrs-id", o->target.cqrs_id, "Stream")->required();
   s->add_option("--table", o->target.table, "Master table of the stream (default: the CQRS_ID)");
-  s->add_option("--columns", o->target.columns, "Columns sent (default: all), as the master registers them")->delimiter(',');
+  s->add_option("--columns", o->target.columns,
+                "Columns sent (default: all), as the master registers them")
+      ->delimiter(',');
   s->add_option("-w,--where", o->where, "SQL expression selecting the rows (default: all)");
-  s->add_option("-p,--param", o->params, "Bound value of ?1, ?2... in --where (repeat; text:X forces text)");
+  s->add_option("-p,--param", o->params,
+                "Bound value of ?1, ?2... in --where (repeat; text:X forces text)");
   s->add_option("--to", o->to, "Send to this replica only (its direct topic)");
-  s->add_option("--broker", o->broker, "Publish now through this broker (mqtt://host:port) until the outbox drains");
-  s->add_option("--mqtt-version", o->mqtt_version, "3 or 5")->check(CLI::IsMember({3, 5}))->capture_default_str();
+  s->add_option("--broker", o->broker,
+                "Publish now through this broker (mqtt://host:port) until the outbox drains");
+  s->add_option("--mqtt-version", o->mqtt_version, "3 or 5")
+      ->check(CLI::IsMember({3, 5}))
+      ->capture_default_str();
   s->add_option("--username", o->username, "Broker user");
   s->add_option("--password-file", o->password_file, "File holding the broker password");
   s->add_option("--client-id", o->client_id, "MQTT client id (default: edgecqrs-sync-<pid>)");
-  s->add_option("--timeout", o->timeout_s, "Seconds to wait for the outbox to drain")->check(CLI::Range(1, 86400))->capture_default_str();
+  s->add_option("--timeout", o->timeout_s, "Seconds to wait for the outbox to drain")
+      ->check(CLI::Range(1, 86400))
+      ->capture_default_str();
   s->callback([&st, o] { st.status = run_sync(*o, st); });
 }
 

@@ -66,7 +66,8 @@ int run(const std::string& action, const opts& o, const run_state& st) {
   if (!o.older_than.empty()) {
     std::int64_t age = 0;
     if (!parse_duration_ms(o.older_than, age)) {
-      errorf(cmd, "--older-than '%s': expected a duration such as 90s, 15m, 2h or 7d", o.older_than.c_str());
+      errorf(cmd, "--older-than '%s': expected a duration such as 90s, 15m, 2h or 7d",
+             o.older_than.c_str());
       return 2;
     }
     cutoff = now_ms() - age;
@@ -79,15 +80,23 @@ int run(const std::string& action, const opts& o, const run_state& st) {
     ++matched;
     if (action == "list") {
       if (o.json) {
-        nlohmann::json j = {{"id", d.id}, {"at_ms", d.at_ms}, {"cqrs_id", d.cqrs_id}, {"topic", d.topic},
-                            {"reason", d.reason.message()}, {"code", d.reason.value()}, {"detail", d.detail},
-                            {"attempts", d.attempts}, {"bytes", d.raw.size()}, {"key", nlohmann::json::array()}};
+        nlohmann::json j = {{"id", d.id},
+                            {"at_ms", d.at_ms},
+                            {"cqrs_id", d.cqrs_id},
+                            {"topic", d.topic},
+                            {"reason", d.reason.message()},
+                            {"code", d.reason.value()},
+                            {"detail", d.detail},
+                            {"attempts", d.attempts},
+                            {"bytes", d.raw.size()},
+                            {"key", nlohmann::json::array()}};
         for (const auto& v : d.key) j["key"].push_back(value_to_json(v));
         std::printf("%s\n", j.dump().c_str());
       } else {
-        std::printf("%-8lld %-14lld %-20s %-12s %-32s %s%s%s\n", (long long)d.id, (long long)d.at_ms,
-                    d.cqrs_id.c_str(), key_text(d.key).c_str(), d.reason.message().c_str(),
-                    d.detail.c_str(), d.attempts ? " attempts=" : "",
+        std::printf("%-8lld %-14lld %-20s %-12s %-32s %s%s%s\n", (long long)d.id,
+                    (long long)d.at_ms, printable(d.cqrs_id).c_str(),
+                    printable(key_text(d.key)).c_str(), d.reason.message().c_str(),
+                    printable(d.detail).c_str(), d.attempts ? " attempts=" : "",
                     d.attempts ? std::to_string(d.attempts).c_str() : "");
       }
       return !o.limit || matched < o.limit;
@@ -97,8 +106,9 @@ int run(const std::string& action, const opts& o, const run_state& st) {
       ++failed;
       if (action == "retry") {
         // It stays, with the new reason; list it to see why.
-        if (!st.quiet) std::fprintf(stderr, "edgecqrs %s: id %lld (%s): still failing: %s\n", cmd,
-                                    (long long)d.id, d.cqrs_id.c_str(), e.message().c_str());
+        if (!st.quiet)
+          std::fprintf(stderr, "edgecqrs %s: id %lld (%s): still failing: %s\n", cmd,
+                       (long long)d.id, printable(d.cqrs_id).c_str(), e.message().c_str());
       } else {
         errorf(cmd, "id %lld: %s", (long long)d.id, e.message().c_str());
       }
@@ -115,12 +125,14 @@ int run(const std::string& action, const opts& o, const run_state& st) {
     return 1;
   }
   if (action == "list") {
-    if (!o.json && !st.quiet) std::fprintf(stderr, "edgecqrs %s: %llu dead letters\n", cmd, (unsigned long long)matched);
+    if (!o.json && !st.quiet)
+      std::fprintf(stderr, "edgecqrs %s: %llu dead letters\n", cmd, (unsigned long long)matched);
     return 0;
   }
   if (!st.quiet || failed)
-    std::fprintf(stderr, "edgecqrs %s: %llu matched, %llu %s, %llu failed\n", cmd, (unsigned long long)matched,
-                 (unsigned long long)ok, action == "retry" ? "applied" : "purged", (unsigned long long)failed);
+    std::fprintf(stderr, "edgecqrs %s: %llu matched, %llu %s, %llu failed\n", cmd,
+                 (unsigned long long)matched, (unsigned long long)ok,
+                 action == "retry" ? "applied" : "purged", (unsigned long long)failed);
   return failed ? 1 : 0;
 }
 
@@ -130,9 +142,10 @@ void register_dead_letters(CLI::App& app, run_state& st) {
   auto* c = app.add_subcommand("dead-letters", "List, retry or purge a replica's dead letters");
   c->require_subcommand(1);
   for (const char* action : {"list", "retry", "purge"}) {
-    const char* help = std::string(action) == "list"    ? "Print dead letters, oldest first"
-                       : std::string(action) == "retry" ? "Re-apply dead letters through the replica's normal path"
-                                                        : "Delete dead letters";
+    const char* help = std::string(action) == "list" ? "Print dead letters, oldest first"
+                       : std::string(action) == "retry"
+                           ? "Re-apply dead letters through the replica's normal path"
+                           : "Delete dead letters";
     auto* s = c->add_subcommand(action, help);
     auto o = std::make_shared<opts>();
     s->add_option("--config", o->config, "Replica config (TOML)")->required();

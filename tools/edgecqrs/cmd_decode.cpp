@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,8 @@ namespace {
 int run(const std::string& input) {
   std::vector<std::uint8_t> bytes;
   if (auto ec = read_all(input, bytes)) {
-    std::fprintf(stderr, "edgecqrs decode: cannot read %s: %s\n", input.c_str(), ec.message().c_str());
+    std::fprintf(stderr, "edgecqrs decode: cannot read %s: %s\n", input.c_str(),
+                 ec.message().c_str());
     return 2;
   }
   schema sch;
@@ -41,17 +43,17 @@ int run(const std::string& input) {
       std::printf("%s\n", to_json(m, have_schema ? &sch : nullptr).c_str());
     } else if (dump_header_schema(item, len, s, sn) && !decode_schema(s, sn, sch)) {
       have_schema = true;
-      std::printf("{\"dump\":{\"cqrs_id\":\"%s\",\"schema_tag\":%u,\"columns\":%zu}}\n",
-                  sch.cqrs_id.c_str(), sch.schema_tag, sch.columns.size());
+      std::printf("{\"dump\":{\"cqrs_id\":%s,\"schema_tag\":%u,\"columns\":%zu}}\n",
+                  nlohmann::json(sch.cqrs_id).dump().c_str(), sch.schema_tag, sch.columns.size());
     } else if (schema s2; !decode_schema(item, len, s2)) {
       sch = std::move(s2);
       have_schema = true;
-      std::printf("{\"schema\":{\"cqrs_id\":\"%s\",\"schema_tag\":%u,\"columns\":%zu}}\n",
-                  sch.cqrs_id.c_str(), sch.schema_tag, sch.columns.size());
+      std::printf("{\"schema\":{\"cqrs_id\":%s,\"schema_tag\":%u,\"columns\":%zu}}\n",
+                  nlohmann::json(sch.cqrs_id).dump().c_str(), sch.schema_tag, sch.columns.size());
     } else if (control_request c; !decode_control(item, len, c)) {
-      std::printf("{\"control\":{\"op\":%d,\"replica\":\"%s\",\"from_seq\":%llu,\"to_seq\":%llu}}\n",
-                  int(c.op), c.replica.c_str(), (unsigned long long)c.from_seq,
-                  (unsigned long long)c.to_seq);
+      std::printf("{\"control\":{\"op\":%d,\"replica\":%s,\"from_seq\":%llu,\"to_seq\":%llu}}\n",
+                  int(c.op), nlohmann::json(c.replica).dump().c_str(),
+                  (unsigned long long)c.from_seq, (unsigned long long)c.to_seq);
     } else {
       std::fprintf(stderr, "edgecqrs decode: %s: item %zu at byte %zu: %s\n", input.c_str(), index,
                    pos, ec.message().c_str());
@@ -66,21 +68,25 @@ int run(const std::string& input) {
 }  // namespace
 
 void register_decode(CLI::App& app, run_state& st) {
-  auto* cmd = app.add_subcommand("decode", "Print events (message, CBOR sequence or dump file) as JSON lines");
+  auto* cmd = app.add_subcommand(
+      "decode", "Print events (message, CBOR sequence or dump file) as JSON lines");
   auto input = std::make_shared<std::string>("-");
   cmd->add_option("input", *input, "File to read, '-' for stdin")->capture_default_str();
 #ifdef EDGECQRS_HAVE_PAHO
   auto sub = std::make_shared<std::vector<std::string>>();
   auto count = std::make_shared<std::uint64_t>(0);
-  auto* so = cmd->add_option("--subscribe", *sub, "Live from a broker: URL TOPIC (filter, e.g. 'edgecqrs/v1/#')")
+  auto* so = cmd->add_option("--subscribe", *sub,
+                             "Live from a broker: URL TOPIC (filter, e.g. 'edgecqrs/v1/#')")
                  ->expected(2)
                  ->type_name("URL TOPIC");
-  cmd->add_option("-n,--count", *count, "With --subscribe: stop after this many messages (0: until SIGINT)")
+  cmd->add_option("-n,--count", *count,
+                  "With --subscribe: stop after this many messages (0: until SIGINT)")
       ->needs(so);
   cmd->callback([&st, input, sub, count] {
     if (!sub->empty()) {
       if (*input != "-") {
-        std::fprintf(stderr, "edgecqrs decode: give either an input file or --subscribe, not both\n");
+        std::fprintf(stderr,
+                     "edgecqrs decode: give either an input file or --subscribe, not both\n");
         st.status = 2;
         return;
       }

@@ -53,7 +53,8 @@ std::string master_key(const std::vector<value>& pk) {
   return key;
 }
 
-bool primary_key(const char* cmd, sqlite3* db, const std::string& table, std::vector<std::string>& pk) {
+bool primary_key(const char* cmd, sqlite3* db, const std::string& table,
+                 std::vector<std::string>& pk) {
   stmt q;
   if (!q.prepare(db, "SELECT name FROM pragma_table_info(?1) WHERE pk>0 ORDER BY pk")) {
     errorf(cmd, "table_info: %s", sqlite3_errmsg(db));
@@ -121,7 +122,8 @@ int run_diff_master(const master_opts& o, const run_state& st) {
   }
   for (std::size_t i = 0; i < o.params.size(); ++i)
     bind_value(rows.get(), static_cast<int>(i + 1), parse_param(o.params[i]));
-  nlohmann::json head = {{"edgecqrs_diff", diff_format}, {"side", "master"}, {"cqrs_id", o.cqrs_id}, {"pk", pk}};
+  nlohmann::json head = {
+      {"edgecqrs_diff", diff_format}, {"side", "master"}, {"cqrs_id", o.cqrs_id}, {"pk", pk}};
   std::printf("%s\n", head.dump().c_str());
   progress prog("edgecqrs diff-master", st.quiet);
   std::uint64_t n = 0;
@@ -160,7 +162,8 @@ int run_diff_master(const master_opts& o, const run_state& st) {
 }
 
 // Reads the header line of a diff stream.
-bool read_header(const char* cmd, std::istream& in, nlohmann::json& head, std::vector<std::string>& pk) {
+bool read_header(const char* cmd, std::istream& in, nlohmann::json& head,
+                 std::vector<std::string>& pk) {
   std::string line;
   if (!std::getline(in, line)) {
     errorf(cmd, "stdin: line 1: empty input (expected a diff header)");
@@ -168,9 +171,12 @@ bool read_header(const char* cmd, std::istream& in, nlohmann::json& head, std::v
   }
   head = nlohmann::json::parse(line, nullptr, false);
   if (head.is_discarded() || !head.is_object() || !head.contains("edgecqrs_diff") ||
-      head["edgecqrs_diff"] != diff_format || !head.contains("cqrs_id") || !head["cqrs_id"].is_string() ||
-      !head.contains("pk") || !head["pk"].is_array() || head["pk"].empty()) {
-    errorf(cmd, "stdin: line 1: not an edgecqrs diff header (expected {\"edgecqrs_diff\":%d,\"cqrs_id\":..,\"pk\":[..]})",
+      head["edgecqrs_diff"] != diff_format || !head.contains("cqrs_id") ||
+      !head["cqrs_id"].is_string() || !head.contains("pk") || !head["pk"].is_array() ||
+      head["pk"].empty()) {
+    errorf(cmd,
+           "stdin: line 1: not an edgecqrs diff header (expected "
+           "{\"edgecqrs_diff\":%d,\"cqrs_id\":..,\"pk\":[..]})",
            diff_format);
     return false;
   }
@@ -220,8 +226,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
   const std::string cqrs_id = head["cqrs_id"].get<std::string>();
   const table_config* tc = find_table(cfg, cqrs_id);
   if (!tc) {
-    errorf(cmd, "the diff is of CQRS_ID '%s', which %s does not list in a [[table]]", cqrs_id.c_str(),
-           o.config.c_str());
+    errorf(cmd, "the diff is of CQRS_ID '%s', which %s does not list in a [[table]]",
+           cqrs_id.c_str(), o.config.c_str());
     return 2;
   }
   // The master's key columns, mapped to local columns as the replica maps them.
@@ -231,8 +237,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
     for (const auto& [remote, loc] : tc->mapping)
       if (remote == c) local = loc;
     if (local.empty()) {
-      errorf(cmd, "%s: table '%s': the key column '%s' is mapped to \"\" (dropped)", o.config.c_str(),
-             tc->table.c_str(), c.c_str());
+      errorf(cmd, "%s: table '%s': the key column '%s' is mapped to \"\" (dropped)",
+             o.config.c_str(), tc->table.c_str(), c.c_str());
       return 2;
     }
     lpk.push_back(local);
@@ -273,7 +279,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
       }
       // Only the affinity matters: keep letters, digits, spaces, parentheses, commas.
       for (const char* c = reinterpret_cast<const char*>(sqlite3_column_text(q.get(), 0)); *c; ++c)
-        if (std::isalnum(static_cast<unsigned char>(*c)) || *c == ' ' || *c == '(' || *c == ')' || *c == ',')
+        if (std::isalnum(static_cast<unsigned char>(*c)) || *c == ' ' || *c == '(' || *c == ')' ||
+            *c == ',')
           ktype[i] += *c;
     }
   }
@@ -287,11 +294,14 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
   // The master's keys go into a temporary table (on disk beyond the page cache): bounded memory
   // and set operations in SQL, whatever the key order of either side.
   if (!exec(cmd, h.db, "PRAGMA temp_store=FILE") ||
-      !exec(cmd, h.db, "CREATE TEMP TABLE diff_m(" + kdecl + ", key BLOB PRIMARY KEY, version INTEGER NOT NULL)") ||
+      !exec(cmd, h.db,
+            "CREATE TEMP TABLE diff_m(" + kdecl +
+                ", key BLOB PRIMARY KEY, version INTEGER NOT NULL)") ||
       !exec(cmd, h.db, "CREATE INDEX temp.diff_m_k ON diff_m(" + kcols + ")"))
     return 1;
   stmt ins;
-  if (!ins.prepare(h.db, "INSERT OR REPLACE INTO temp.diff_m(" + kcols + ",key,version) VALUES(" + kq + ",?,?)")) {
+  if (!ins.prepare(h.db, "INSERT OR REPLACE INTO temp.diff_m(" + kcols + ",key,version) VALUES(" +
+                             kq + ",?,?)")) {
     errorf(cmd, "%s", sqlite3_errmsg(h.db));
     return 1;
   }
@@ -328,7 +338,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
     for (const auto& v : key) replica_detail::append_key(rk, v);
     sqlite3_reset(ins.get());
     for (std::size_t i = 0; i < npk; ++i) bind_value(ins.get(), static_cast<int>(i + 1), key[i]);
-    sqlite3_bind_blob(ins.get(), static_cast<int>(npk + 1), rk.data(), static_cast<int>(rk.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_blob(ins.get(), static_cast<int>(npk + 1), rk.data(), static_cast<int>(rk.size()),
+                      SQLITE_TRANSIENT);
     sqlite3_bind_int64(ins.get(), static_cast<int>(npk + 2), j[1].get<std::int64_t>());
     if (sqlite3_step(ins.get()) != SQLITE_DONE) {
       errorf(cmd, "temporary table: %s", sqlite3_errmsg(h.db));
@@ -340,8 +351,10 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
   if (!exec(cmd, h.db, "COMMIT")) return 1;
   prog.done();
   if (!ended) {
-    errorf(cmd, "stdin: ended after line %llu without the end marker {\"end\":N}: the master's "
-           "listing is incomplete (did diff-master fail?)", (unsigned long long)lineno);
+    errorf(cmd,
+           "stdin: ended after line %llu without the end marker {\"end\":N}: the master's "
+           "listing is incomplete (did diff-master fail?)",
+           (unsigned long long)lineno);
     return 1;
   }
   head["side"] = "replica";
@@ -352,8 +365,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
   {
     std::string sql = "SELECT ";
     for (std::size_t i = 0; i < npk; ++i) sql += "m.k" + std::to_string(i) + ",";
-    sql += " m.version, r.version, r.deleted, EXISTS(SELECT 1 FROM " + ltable + " l WHERE " + kmatch +
-           ") FROM temp.diff_m m LEFT JOIN edgecqrs_r_rows r ON r.sid=?1 AND r.key=m.key";
+    sql += " m.version, r.version, r.deleted, EXISTS(SELECT 1 FROM " + ltable + " l WHERE " +
+           kmatch + ") FROM temp.diff_m m LEFT JOIN edgecqrs_r_rows r ON r.sid=?1 AND r.key=m.key";
     stmt q;
     if (!q.prepare(h.db, sql)) {
       errorf(cmd, "table '%s': %s", tc->table.c_str(), sqlite3_errmsg(h.db));
@@ -369,15 +382,22 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
       bool tomb = has_r && sqlite3_column_int64(q.get(), c + 2) != 0;
       bool local = sqlite3_column_int64(q.get(), c + 3) != 0;
       const char* reason = nullptr;
-      if (!local) reason = tomb ? "deleted" : "missing";
-      else if (!has_r) reason = "unversioned";
-      else if (tomb) reason = "deleted";
-      else if (rv < mv) reason = "stale";
-      else if (rv > mv) reason = "newer";
+      if (!local)
+        reason = tomb ? "deleted" : "missing";
+      else if (!has_r)
+        reason = "unversioned";
+      else if (tomb)
+        reason = "deleted";
+      else if (rv < mv)
+        reason = "stale";
+      else if (rv > mv)
+        reason = "newer";
       if (!reason) continue;
       nlohmann::json k = nlohmann::json::array();
       for (int i = 0; i < c; ++i) k.push_back(value_to_json(column_value(q.get(), i)));
-      nlohmann::json line_out = {{"op", "sync"}, {"key", k}, {"master_version", mv},
+      nlohmann::json line_out = {{"op", "sync"},
+                                 {"key", k},
+                                 {"master_version", mv},
                                  {"replica_version", has_r ? nlohmann::json(rv) : nlohmann::json()},
                                  {"reason", reason}};
       std::printf("%s\n", line_out.dump().c_str());
@@ -390,8 +410,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
   }
   // 2. Rows the replica has that the master no longer has.
   {
-    std::string sel = "SELECT " + join_cols(lpk, "l.") + " FROM " + ltable + " l WHERE NOT EXISTS (SELECT 1 FROM temp.diff_m m WHERE " +
-                      kmatch + ")";
+    std::string sel = "SELECT " + join_cols(lpk, "l.") + " FROM " + ltable +
+                      " l WHERE NOT EXISTS (SELECT 1 FROM temp.diff_m m WHERE " + kmatch + ")";
     if (!exec(cmd, h.db, "CREATE TEMP TABLE diff_x AS " + sel)) return 1;
     stmt q;
     if (!q.prepare(h.db, "SELECT * FROM temp.diff_x")) {
@@ -401,7 +421,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
     int rc;
     while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
       nlohmann::json k = nlohmann::json::array();
-      for (std::size_t i = 0; i < npk; ++i) k.push_back(value_to_json(column_value(q.get(), static_cast<int>(i))));
+      for (std::size_t i = 0; i < npk; ++i)
+        k.push_back(value_to_json(column_value(q.get(), static_cast<int>(i))));
       std::printf("%s\n", nlohmann::json{{"op", "delete"}, {"key", k}}.dump().c_str());
       ++out_delete;
     }
@@ -415,18 +436,21 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
   // key cannot bring it back; tombstones are pruned by the replica's normal retention.
   if (o.delete_missing && out_delete) {
     std::string where;
-    for (std::size_t i = 0; i < npk; ++i) where += (i ? " AND " : "") + quote_ident(lpk[i]) + "=?" + std::to_string(i + 1);
+    for (std::size_t i = 0; i < npk; ++i)
+      where += (i ? " AND " : "") + quote_ident(lpk[i]) + "=?" + std::to_string(i + 1);
     stmt del, tomb, q;
     if (!del.prepare(h.db, "DELETE FROM " + ltable + " WHERE " + where) ||
-        !tomb.prepare(h.db,
-                      "INSERT INTO edgecqrs_r_rows(sid,key,version,deleted,seq,session,at_ms) "
-                      "VALUES(?1,?2,0,1,0,0,?3) ON CONFLICT(sid,key) DO UPDATE SET deleted=1, at_ms=?3") ||
+        !tomb.prepare(
+            h.db,
+            "INSERT INTO edgecqrs_r_rows(sid,key,version,deleted,seq,session,at_ms) "
+            "VALUES(?1,?2,0,1,0,0,?3) ON CONFLICT(sid,key) DO UPDATE SET deleted=1, at_ms=?3") ||
         !q.prepare(h.db, "SELECT * FROM temp.diff_x")) {
       errorf(cmd, "%s", sqlite3_errmsg(h.db));
       return 1;
     }
     const std::int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                 std::chrono::system_clock::now().time_since_epoch()).count();
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
     progress dprog("edgecqrs diff-replica: deleting", st.quiet);
     if (!exec(cmd, h.db, "BEGIN IMMEDIATE")) return 1;
     int rc;
@@ -439,7 +463,8 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
         replica_detail::append_key(rk, v);
       }
       if (sqlite3_step(del.get()) != SQLITE_DONE) {
-        errorf(cmd, "%s: delete from '%s': %s", path.c_str(), tc->table.c_str(), sqlite3_errmsg(h.db));
+        errorf(cmd, "%s: delete from '%s': %s", path.c_str(), tc->table.c_str(),
+               sqlite3_errmsg(h.db));
         exec(cmd, h.db, "ROLLBACK");
         return 1;
       }
@@ -454,7 +479,9 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
           return 1;
         }
       }
-      if (++deleted % 1000 == 0 && (!exec(cmd, h.db, "COMMIT") || !exec(cmd, h.db, "BEGIN IMMEDIATE"))) return 1;
+      if (++deleted % 1000 == 0 &&
+          (!exec(cmd, h.db, "COMMIT") || !exec(cmd, h.db, "BEGIN IMMEDIATE")))
+        return 1;
       dprog.update(deleted, out_delete);
     }
     if (rc != SQLITE_DONE || !exec(cmd, h.db, "COMMIT")) {
@@ -469,10 +496,12 @@ int run_diff_replica(const replica_opts& o, const run_state& st) {
     return 1;
   }
   if (!st.quiet)
-    std::fprintf(stderr, "edgecqrs diff-replica: %s: %llu master rows; %llu to sync, %llu not on the master%s\n",
-                 cqrs_id.c_str(), (unsigned long long)n, (unsigned long long)out_sync,
-                 (unsigned long long)out_delete,
-                 o.delete_missing ? (", " + std::to_string(deleted) + " deleted").c_str() : "");
+    std::fprintf(
+        stderr,
+        "edgecqrs diff-replica: %s: %llu master rows; %llu to sync, %llu not on the master%s\n",
+        printable(cqrs_id).c_str(), (unsigned long long)n, (unsigned long long)out_sync,
+        (unsigned long long)out_delete,
+        o.delete_missing ? (", " + std::to_string(deleted) + " deleted").c_str() : "");
   return 0;
 }
 
@@ -492,7 +521,8 @@ int run_diff_sync(const sync_opts& o, const run_state& st) {
   if (!read_header(cmd, std::cin, head, pk)) return 1;
   const std::string cqrs_id = head["cqrs_id"].get<std::string>();
   if (!o.cqrs_id.empty() && o.cqrs_id != cqrs_id) {
-    errorf(cmd, "stdin: line 1: the diff is of CQRS_ID '%s', not '%s'", cqrs_id.c_str(), o.cqrs_id.c_str());
+    errorf(cmd, "stdin: line 1: the diff is of CQRS_ID '%s', not '%s'", cqrs_id.c_str(),
+           o.cqrs_id.c_str());
     return 2;
   }
   master_target t{o.db, cqrs_id, o.table, o.columns};
@@ -540,7 +570,8 @@ int run_diff_sync(const sync_opts& o, const run_state& st) {
       continue;
     }
     if (j["op"] != "sync") {
-      errorf(cmd, "stdin: line %llu: unknown op %s", (unsigned long long)lineno, j["op"].dump().c_str());
+      errorf(cmd, "stdin: line %llu: unknown op %s", (unsigned long long)lineno,
+             j["op"].dump().c_str());
       return 1;
     }
     where += (where.empty() ? "(" : " OR (") + one + ")";
@@ -551,14 +582,19 @@ int run_diff_sync(const sync_opts& o, const run_state& st) {
   if (!flush()) return 1;
   prog.done();
   if (!st.quiet)
-    std::fprintf(stderr, "edgecqrs diff-sync: %s: %llu rows queued as sync events%s%s (%llu requested, "
-                 "%llu no longer on the master; %llu replica-only rows left to diff-replica --delete-missing)\n",
-                 cqrs_id.c_str(), (unsigned long long)synced, o.to.empty() ? "" : " to replica ",
-                 o.to.c_str(), (unsigned long long)requested, (unsigned long long)(requested - synced),
+    std::fprintf(stderr,
+                 "edgecqrs diff-sync: %s: %llu rows queued as sync events%s%s (%llu requested, "
+                 "%llu no longer on the master; %llu replica-only rows left to diff-replica "
+                 "--delete-missing)\n",
+                 printable(cqrs_id).c_str(), (unsigned long long)synced,
+                 o.to.empty() ? "" : " to replica ", printable(o.to).c_str(),
+                 (unsigned long long)requested, (unsigned long long)(requested - synced),
                  (unsigned long long)deletes);
   if (!ended) {
-    errorf(cmd, "stdin: ended after line %llu without the end marker: the diff was incomplete "
-           "(what was read is queued)", (unsigned long long)lineno);
+    errorf(cmd,
+           "stdin: ended after line %llu without the end marker: the diff was incomplete "
+           "(what was read is queued)",
+           (unsigned long long)lineno);
     return 1;
   }
   return 0;
@@ -567,7 +603,8 @@ int run_diff_sync(const sync_opts& o, const run_state& st) {
 }  // namespace
 
 void register_diff(CLI::App& app, run_state& st) {
-  auto* dm = app.add_subcommand("diff-master", "List a master table's keys and row versions (JSON lines) on stdout");
+  auto* dm = app.add_subcommand(
+      "diff-master", "List a master table's keys and row versions (JSON lines) on stdout");
   auto mo = std::make_shared<master_opts>();
   dm->add_option("--db", mo->db, "Master SQLite database")->required();
   dm->add_option("-c,--cqrs-id", mo->cqrs_id, "Stream")->required();
@@ -576,8 +613,9 @@ void register_diff(CLI::App& app, run_state& st) {
   dm->add_option("-p,--param", mo->params, "Bound value of ?1, ?2... in --where (repeat)");
   dm->callback([&st, mo] { st.status = run_diff_master(*mo, st); });
 
-  auto* dr = app.add_subcommand("diff-replica",
-                                "Read diff-master's output on stdin; print the rows the replica lacks or has extra");
+  auto* dr = app.add_subcommand(
+      "diff-replica",
+      "Read diff-master's output on stdin; print the rows the replica lacks or has extra");
   auto ro = std::make_shared<replica_opts>();
   dr->add_option("--config", ro->config, "Replica config (TOML): tables and mapping")->required();
   dr->add_option("--db", ro->db, "Replica database (default: the config's replica.database)");
@@ -585,14 +623,19 @@ void register_diff(CLI::App& app, run_state& st) {
                "Delete the replica rows the master no longer has (versioned: tombstones)");
   dr->callback([&st, ro] { st.status = run_diff_replica(*ro, st); });
 
-  auto* ds = app.add_subcommand("diff-sync", "Read diff-replica's output on stdin; queue sync events on the master");
+  auto* ds = app.add_subcommand(
+      "diff-sync", "Read diff-replica's output on stdin; queue sync events on the master");
   auto so = std::make_shared<sync_opts>();
   ds->add_option("--db", so->db, "Master SQLite database")->required();
   ds->add_option("-c,--cqrs-id", so->cqrs_id, "Expected stream (default: the diff's)");
   ds->add_option("--table", so->table, "Master table of the stream (default: the CQRS_ID)");
-  ds->add_option("--columns", so->columns, "Columns sent (default: all), as the master registers them")->delimiter(',');
+  ds->add_option("--columns", so->columns,
+                 "Columns sent (default: all), as the master registers them")
+      ->delimiter(',');
   ds->add_option("--to", so->to, "Send to this replica only (its direct topic)");
-  ds->add_option("-b,--batch", so->batch, "Keys per sync query")->check(CLI::Range(1, 1024))->capture_default_str();
+  ds->add_option("-b,--batch", so->batch, "Keys per sync query")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
   ds->callback([&st, so] { st.status = run_diff_sync(*so, st); });
 }
 

@@ -38,8 +38,9 @@ int run_dump(const dump_opts& o, const run_state& st) {
            detail.c_str());
     return 1;
   }
-  if (!st.quiet) std::fprintf(stderr, "edgecqrs dump: %zu rows of '%s' written to %s\n", rows,
-                              o.target.cqrs_id.c_str(), o.output.c_str());
+  if (!st.quiet)
+    std::fprintf(stderr, "edgecqrs dump: %zu rows of '%s' written to %s\n", rows,
+                 printable(o.target.cqrs_id).c_str(), printable(o.output).c_str());
   return 0;
 }
 
@@ -55,16 +56,21 @@ struct load_opts {
 bool clear_stream(const char* cmd, const std::string& path, const table_config& t) {
   db_handle h;
   if (!open_db(cmd, path, false, h)) return false;
-  std::string sql = "BEGIN IMMEDIATE; DELETE FROM " + quote_ident(t.table) +
-                    "; DELETE FROM edgecqrs_r_rows WHERE sid IN (SELECT sid FROM edgecqrs_r_streams "
-                    "WHERE cqrs_id=" + "'" + [&] {
-                      std::string e;
-                      for (char c : t.cqrs_id) e += c == '\'' ? std::string("''") : std::string(1, c);
-                      return e;
-                    }() + "'); COMMIT;";
+  std::string sql =
+      "BEGIN IMMEDIATE; DELETE FROM " + quote_ident(t.table) +
+      "; DELETE FROM edgecqrs_r_rows WHERE sid IN (SELECT sid FROM edgecqrs_r_streams "
+      "WHERE cqrs_id=" +
+      "'" +
+      [&] {
+        std::string e;
+        for (char c : t.cqrs_id) e += c == '\'' ? std::string("''") : std::string(1, c);
+        return e;
+      }() +
+      "'); COMMIT;";
   char* err = nullptr;
   if (sqlite3_exec(h.db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-    errorf(cmd, "%s: --clear of table '%s': %s", path.c_str(), t.table.c_str(), err ? err : "failed");
+    errorf(cmd, "%s: --clear of table '%s': %s", path.c_str(), t.table.c_str(),
+           err ? err : "failed");
     sqlite3_free(err);
     sqlite3_exec(h.db, "ROLLBACK", nullptr, nullptr, nullptr);
     return false;
@@ -92,7 +98,9 @@ int run_load(const load_opts& o, const run_state& st) {
   std::size_t sn = 0;
   schema sch;
   if (r <= 0 || !dump_header_schema(item, len, sb, sn) || decode_schema(sb, sn, sch, limits)) {
-    errorf(cmd, "%s: item 0 at byte 0: not an edgecqrs dump (expected the header [\"edgecqrs-dump\", 1, schema])%s%s",
+    errorf(cmd,
+           "%s: item 0 at byte 0: not an edgecqrs dump (expected the header [\"edgecqrs-dump\", 1, "
+           "schema])%s%s",
            o.input.c_str(), r < 0 ? ": " : "", r < 0 ? ec.message().c_str() : "");
     return 1;
   }
@@ -139,8 +147,9 @@ int run_load(const load_opts& o, const run_state& st) {
   }
   prog.done();
   if (r < 0) {
-    errorf(cmd, "%s: item %llu at byte %llu: %s (cannot find the next item; stopped)", o.input.c_str(),
-           (unsigned long long)index, (unsigned long long)off, ec.message().c_str());
+    errorf(cmd, "%s: item %llu at byte %llu: %s (cannot find the next item; stopped)",
+           o.input.c_str(), (unsigned long long)index, (unsigned long long)off,
+           ec.message().c_str());
     ++bad;
   }
   const replica_stats after = rep->stats();
@@ -163,14 +172,17 @@ void register_dump(CLI::App& app, run_state& st) {
   c->add_option("--db", o->target.db_path, "Master SQLite database")->required();
   c->add_option("-c,--cqrs-id", o->target.cqrs_id, "Stream to dump")->required();
   c->add_option("--table", o->target.table, "Master table of the stream (default: the CQRS_ID)");
-  c->add_option("--columns", o->target.columns, "Columns sent (default: all), as the master registers them")
+  c->add_option("--columns", o->target.columns,
+                "Columns sent (default: all), as the master registers them")
       ->delimiter(',');
   c->add_option("-w,--where", o->where, "SQL expression on the table's columns selecting rows");
-  c->add_option("-p,--param", o->params, "Bound value of ?1, ?2... in --where (repeat; text:X forces text)");
+  c->add_option("-p,--param", o->params,
+                "Bound value of ?1, ?2... in --where (repeat; text:X forces text)");
   c->add_option("-o,--output", o->output, "Output file, '-' for stdout")->required();
   c->callback([&st, o] { st.status = run_dump(*o, st); });
 
-  auto* l = app.add_subcommand("load", "Apply a dump file to a replica database (normal version rules)");
+  auto* l =
+      app.add_subcommand("load", "Apply a dump file to a replica database (normal version rules)");
   auto lo = std::make_shared<load_opts>();
   l->add_option("-i,--input", lo->input, "Dump file, '-' for stdin")->capture_default_str();
   l->add_option("--config", lo->config, "Replica config (TOML): name, tables, mapping")->required();

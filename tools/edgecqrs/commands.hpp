@@ -3,7 +3,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <cstdint>
 #include <string>
 
@@ -22,7 +21,8 @@ void register_dead_letters(CLI::App& app, run_state& st);
 #ifdef EDGECQRS_HAVE_PAHO
 void register_consume(CLI::App& app, run_state& st);  // consume and sync
 // decode --subscribe: prints messages of `topic` live until SIGINT/SIGTERM or `count` messages.
-int decode_subscribe(const std::string& url, const std::string& topic, std::uint64_t count, bool quiet);
+int decode_subscribe(const std::string& url, const std::string& topic, std::uint64_t count,
+                     bool quiet);
 #endif
 
 }  // namespace edgecqrs::cli

@@ -13,13 +13,38 @@
 
 namespace edgecqrs::cli {
 
+std::string printable(std::string_view s) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    // C1 controls (U+0080..U+009F) are 0xC2 0x80..0x9F in UTF-8; some terminals act on them.
+    bool c1 =
+        c == 0xC2 && i + 1 < s.size() && (static_cast<unsigned char>(s[i + 1]) & 0xE0) == 0x80;
+    if (c < 0x20 || c == 0x7F || c1) {
+      unsigned char b = c1 ? static_cast<unsigned char>(s[++i]) : c;
+      out += c1 ? "\\u00" : "\\x";
+      out += hex[b >> 4];
+      out += hex[b & 15];
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 void errorf(const char* cmd, const char* fmt, ...) {
-  std::fprintf(stderr, "edgecqrs %s: ", cmd);
+  char buf[2048];
   va_list ap;
   va_start(ap, fmt);
-  std::vfprintf(stderr, fmt, ap);
+  int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  std::fputc('\n', stderr);
+  std::string msg(buf,
+                  n < 0 ? 0 : std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buf - 1));
+  std::fprintf(stderr, "edgecqrs %s: %s\n", cmd, printable(msg).c_str());
 }
 
 bool open_db(const char* cmd, const std::string& path, bool readonly, db_handle& out) {
@@ -51,8 +76,10 @@ std::string quote_ident(const std::string& name) {
 
 value column_value(sqlite3_stmt* s, int i) {
   switch (sqlite3_column_type(s, i)) {
-    case SQLITE_INTEGER: return value::integer(sqlite3_column_int64(s, i));
-    case SQLITE_FLOAT: return value::real(sqlite3_column_double(s, i));
+    case SQLITE_INTEGER:
+      return value::integer(sqlite3_column_int64(s, i));
+    case SQLITE_FLOAT:
+      return value::real(sqlite3_column_double(s, i));
     case SQLITE_TEXT:
       return value::text({reinterpret_cast<const char*>(sqlite3_column_text(s, i)),
                           static_cast<std::size_t>(sqlite3_column_bytes(s, i))});
@@ -60,21 +87,30 @@ value column_value(sqlite3_stmt* s, int i) {
       const void* p = sqlite3_column_blob(s, i);
       return value::blob(p, static_cast<std::size_t>(sqlite3_column_bytes(s, i)));
     }
-    default: return value::null();
+    default:
+      return value::null();
   }
 }
 
 void bind_value(sqlite3_stmt* s, int i, const value& v) {
   switch (v.type()) {
-    case value_type::integer: sqlite3_bind_int64(s, i, v.as_integer()); break;
-    case value_type::real: sqlite3_bind_double(s, i, v.as_real()); break;
+    case value_type::integer:
+      sqlite3_bind_int64(s, i, v.as_integer());
+      break;
+    case value_type::real:
+      sqlite3_bind_double(s, i, v.as_real());
+      break;
     case value_type::text:
-      sqlite3_bind_text(s, i, v.bytes().data(), static_cast<int>(v.bytes().size()), SQLITE_TRANSIENT);
+      sqlite3_bind_text(s, i, v.bytes().data(), static_cast<int>(v.bytes().size()),
+                        SQLITE_TRANSIENT);
       break;
     case value_type::blob:
-      sqlite3_bind_blob(s, i, v.bytes().data(), static_cast<int>(v.bytes().size()), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(s, i, v.bytes().data(), static_cast<int>(v.bytes().size()),
+                        SQLITE_TRANSIENT);
       break;
-    default: sqlite3_bind_null(s, i); break;
+    default:
+      sqlite3_bind_null(s, i);
+      break;
   }
 }
 
@@ -85,7 +121,8 @@ std::string b64encode(std::string_view in) {
   std::string out;
   std::size_t i = 0;
   for (; i + 2 < in.size(); i += 3) {
-    unsigned n = (unsigned char)in[i] << 16 | (unsigned char)in[i + 1] << 8 | (unsigned char)in[i + 2];
+    unsigned n =
+        (unsigned char)in[i] << 16 | (unsigned char)in[i + 1] << 8 | (unsigned char)in[i + 2];
     for (int k = 18; k >= 0; k -= 6) out += b64chars[(n >> k) & 63];
   }
   if (i < in.size()) {
@@ -125,35 +162,50 @@ bool b64decode(const std::string& in, std::string& out) {
 
 nlohmann::json value_to_json(const value& v) {
   switch (v.type()) {
-    case value_type::integer: return v.as_integer();
+    case value_type::integer:
+      return v.as_integer();
     case value_type::real: {
-      if (!std::isfinite(v.as_real())) return {{"real", std::isnan(v.as_real()) ? "NaN" : v.as_real() > 0 ? "Infinity" : "-Infinity"}};
+      if (!std::isfinite(v.as_real()))
+        return {{"real", std::isnan(v.as_real()) ? "NaN"
+                         : v.as_real() > 0       ? "Infinity"
+                                                 : "-Infinity"}};
       return v.as_real();
     }
-    case value_type::text: return std::string(v.bytes());
-    case value_type::blob: return {{"b64", b64encode(v.bytes())}};
-    default: return nullptr;
+    case value_type::text:
+      return std::string(v.bytes());
+    case value_type::blob:
+      return {{"b64", b64encode(v.bytes())}};
+    default:
+      return nullptr;
   }
 }
 
 bool json_to_value(const nlohmann::json& j, value& out) {
-  if (j.is_null()) out = value::null();
+  if (j.is_null())
+    out = value::null();
   else if (j.is_number_integer()) {
     if (j.is_number_unsigned() && j.get<std::uint64_t>() > std::uint64_t(INT64_MAX)) return false;
     out = value::integer(j.get<std::int64_t>());
-  } else if (j.is_number_float()) out = value::real(j.get<double>());
-  else if (j.is_string()) out = value::text(j.get<std::string>());
+  } else if (j.is_number_float())
+    out = value::real(j.get<double>());
+  else if (j.is_string())
+    out = value::text(j.get<std::string>());
   else if (j.is_object() && j.size() == 1 && j.contains("b64") && j["b64"].is_string()) {
     std::string bytes;
     if (!b64decode(j["b64"].get<std::string>(), bytes)) return false;
     out = value::blob(bytes);
   } else if (j.is_object() && j.size() == 1 && j.contains("real") && j["real"].is_string()) {
     std::string s = j["real"].get<std::string>();
-    if (s == "NaN") out = value::real(std::nan(""));
-    else if (s == "Infinity") out = value::real(HUGE_VAL);
-    else if (s == "-Infinity") out = value::real(-HUGE_VAL);
-    else return false;
-  } else return false;
+    if (s == "NaN")
+      out = value::real(std::nan(""));
+    else if (s == "Infinity")
+      out = value::real(HUGE_VAL);
+    else if (s == "-Infinity")
+      out = value::real(-HUGE_VAL);
+    else
+      return false;
+  } else
+    return false;
   return true;
 }
 
@@ -168,12 +220,18 @@ bool parse_duration_ms(const std::string& text, std::int64_t& out) {
   if (i == 0) return false;
   std::string unit = text.substr(i);
   std::int64_t mul;
-  if (unit.empty() || unit == "s") mul = 1000;
-  else if (unit == "ms") mul = 1;
-  else if (unit == "m") mul = 60000;
-  else if (unit == "h") mul = 3600000;
-  else if (unit == "d") mul = 86400000;
-  else return false;
+  if (unit.empty() || unit == "s")
+    mul = 1000;
+  else if (unit == "ms")
+    mul = 1;
+  else if (unit == "m")
+    mul = 60000;
+  else if (unit == "h")
+    mul = 3600000;
+  else if (unit == "d")
+    mul = 86400000;
+  else
+    return false;
   if (n > INT64_MAX / mul) return false;
   out = n * mul;
   return true;
@@ -278,7 +336,8 @@ bool open_replica(const char* cmd, const consume_config& cfg, const std::string&
     replica_table_options o;
     o.local_table = t.table;
     o.mapping = t.mapping;
-    o.unknown_columns = t.reject_unknown_columns ? unknown_column_policy::reject : unknown_column_policy::ignore;
+    o.unknown_columns =
+        t.reject_unknown_columns ? unknown_column_policy::reject : unknown_column_policy::ignore;
     o.only_direct_syncs = t.only_direct_syncs;
     if (auto ec = out->register_table(t.cqrs_id, o)) {
       std::string detail = out->last_error();
@@ -364,7 +423,10 @@ int cbor_seq_reader::next(const std::uint8_t*& data, std::size_t& size, std::uin
 
 bool dump_header_schema(const std::uint8_t* p, std::size_t n, const std::uint8_t*& s,
                         std::size_t& sn) {
-  static const char magic[] = "\x83\x6d" "edgecqrs-dump" "\x01";
+  static const char magic[] =
+      "\x83\x6d"
+      "edgecqrs-dump"
+      "\x01";
   const std::size_t m = sizeof magic - 1;
   if (n <= m || std::memcmp(p, magic, m) != 0) return false;
   s = p + m;

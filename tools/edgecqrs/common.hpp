@@ -7,11 +7,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "config.hpp"
 #include "edgecqrs/master.hpp"
@@ -20,7 +20,12 @@
 
 namespace edgecqrs::cli {
 
-// Prints "edgecqrs <cmd>: <text>" on stderr.
+// Text taken from databases or the wire, made safe for a terminal: control characters (C0, DEL
+// and C1) become \xNN / \u00NN and a backslash is doubled, so a hostile column name or CQRS_ID
+// cannot send escape sequences. Every human-readable output goes through it.
+std::string printable(std::string_view s);
+
+// Prints "edgecqrs <cmd>: <text>" on stderr, the text passed through printable().
 void errorf(const char* cmd, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // A prepared statement that finalizes itself.
@@ -94,7 +99,8 @@ class cbor_seq_reader {
   std::error_code open(const std::string& path);
   // 1: an item in [data, data+size) at byte `offset`; 0: clean end; -1: error in `ec`
   // (not well-formed, truncated, too large or I/O), the stream cannot continue.
-  int next(const std::uint8_t*& data, std::size_t& size, std::uint64_t& offset, std::error_code& ec);
+  int next(const std::uint8_t*& data, std::size_t& size, std::uint64_t& offset,
+           std::error_code& ec);
 
  private:
   bool fill();
@@ -102,7 +108,7 @@ class cbor_seq_reader {
   bool own_ = false, eof_ = false, io_error_ = false;
   std::size_t max_item_;
   std::vector<std::uint8_t> buf_;
-  std::size_t start_ = 0;      // first unread byte in buf_
+  std::size_t start_ = 0;       // first unread byte in buf_
   std::uint64_t consumed_ = 0;  // bytes before buf_[start_]
 };
 

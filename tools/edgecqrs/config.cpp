@@ -28,17 +28,21 @@ class reader {
  public:
   explicit reader(std::string_view source) : source_(source) {}
 
-  [[noreturn]] void fail(const toml::node& n, const std::string& key, const std::string& problem) const {
+  [[noreturn]] void fail(const toml::node& n, const std::string& key,
+                         const std::string& problem) const {
     throw config_error{where(source_, n.source()) + ": " + key + ": " + problem};
   }
-  [[noreturn]] void fail_at(const toml::table& t, const std::string& key, const std::string& problem) const {
+  [[noreturn]] void fail_at(const toml::table& t, const std::string& key,
+                            const std::string& problem) const {
     throw config_error{where(source_, t.source()) + ": " + key + ": " + problem};
   }
 
-  void only_keys(const toml::table& t, const std::string& path, std::initializer_list<const char*> allowed) const {
+  void only_keys(const toml::table& t, const std::string& path,
+                 std::initializer_list<const char*> allowed) const {
     for (auto&& [k, v] : t) {
       const auto key = k.str();  // C++17: a structured binding cannot be captured (clang)
-      bool ok = std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; });
+      bool ok =
+          std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; });
       if (!ok) {
         std::string all;
         for (const char* a : allowed) all += std::string(all.empty() ? "" : ", ") + a;
@@ -68,8 +72,9 @@ class reader {
     if (!n->is_integer()) fail(*n, path + key, "must be an integer");
     std::int64_t v = *n->value<std::int64_t>();
     if (v < min || v > max)
-      fail(*n, path + key, "out of range (" + std::to_string(v) + "; allowed " + std::to_string(min) +
-                               ".." + std::to_string(max) + ")");
+      fail(*n, path + key,
+           "out of range (" + std::to_string(v) + "; allowed " + std::to_string(min) + ".." +
+               std::to_string(max) + ")");
     out = static_cast<Int>(v);
   }
 
@@ -80,7 +85,8 @@ class reader {
     out = *n->value<bool>();
   }
 
-  const toml::table* get_table(const toml::table& t, const std::string& path, const char* key) const {
+  const toml::table* get_table(const toml::table& t, const std::string& path,
+                               const char* key) const {
     const toml::node* n = t.get(key);
     if (!n) return nullptr;
     if (!n->is_table()) fail(*n, path + key, "must be a table");
@@ -91,8 +97,8 @@ class reader {
   std::string_view source_;
 };
 
-void check_name(const reader& r, const toml::table& t, const std::string& key, const std::string& value,
-                std::error_code ec) {
+void check_name(const reader& r, const toml::table& t, const std::string& key,
+                const std::string& value, std::error_code ec) {
   if (ec) r.fail(*t.get(key.substr(key.rfind('.') + 1)), key, "'" + value + "': " + ec.message());
 }
 
@@ -100,24 +106,28 @@ void parse(const toml::table& root, const reader& r, consume_config& c) {
   r.only_keys(root, "", {"replica", "broker", "retry", "dead_letters", "table"});
   const toml::table* rep = r.get_table(root, "", "replica");
   if (!rep) r.fail_at(root, "replica", "missing (required table with name and database)");
-  r.only_keys(*rep, "replica.", {"name", "database", "topic_prefix", "workers", "reorder_window_ms"});
+  r.only_keys(*rep, "replica.",
+              {"name", "database", "topic_prefix", "workers", "reorder_window_ms"});
   r.get_string(*rep, "replica.", "name", c.name, true);
   check_name(r, *rep, "replica.name", c.name, validate_replica_name(c.name));
   r.get_string(*rep, "replica.", "database", c.database, true);
   if (c.database.empty()) r.fail(*rep->get("database"), "replica.database", "must not be empty");
   if (r.get_string(*rep, "replica.", "topic_prefix", c.topic_prefix))
-    check_name(r, *rep, "replica.topic_prefix", c.topic_prefix, validate_topic_prefix(c.topic_prefix));
+    check_name(r, *rep, "replica.topic_prefix", c.topic_prefix,
+               validate_topic_prefix(c.topic_prefix));
   r.get_int(*rep, "replica.", "workers", c.workers, 1, 64);
   r.get_int(*rep, "replica.", "reorder_window_ms", c.reorder_window_ms, 0, 3600 * 1000);
 
   if (const toml::table* b = r.get_table(root, "", "broker")) {
-    r.only_keys(*b, "broker.", {"url", "client_id", "username", "password", "password_file",
-                                "mqtt_version", "keepalive_s", "tls"});
+    r.only_keys(*b, "broker.",
+                {"url", "client_id", "username", "password", "password_file", "mqtt_version",
+                 "keepalive_s", "tls"});
     if (r.get_string(*b, "broker.", "url", c.broker.url)) {
       const std::string& u = c.broker.url;
       if (u.rfind("mqtt://", 0) != 0 && u.rfind("mqtts://", 0) != 0 && u.rfind("tcp://", 0) != 0 &&
           u.rfind("ssl://", 0) != 0)
-        r.fail(*b->get("url"), "broker.url", "'" + u + "': must start with mqtt://, mqtts://, tcp:// or ssl://");
+        r.fail(*b->get("url"), "broker.url",
+               "'" + u + "': must start with mqtt://, mqtts://, tcp:// or ssl://");
       if (u.find("://") + 3 >= u.size())
         r.fail(*b->get("url"), "broker.url", "'" + u + "': missing host");
     }
@@ -126,7 +136,8 @@ void parse(const toml::table& root, const reader& r, consume_config& c) {
     r.get_string(*b, "broker.", "password", c.broker.password);
     r.get_string(*b, "broker.", "password_file", c.broker.password_file);
     if (!c.broker.password.empty() && !c.broker.password_file.empty())
-      r.fail(*b->get("password_file"), "broker.password_file", "give either password or password_file, not both");
+      r.fail(*b->get("password_file"), "broker.password_file",
+             "give either password or password_file, not both");
     r.get_int(*b, "broker.", "mqtt_version", c.broker.mqtt_version, 3, 5);
     if (c.broker.mqtt_version == 4)
       r.fail(*b->get("mqtt_version"), "broker.mqtt_version", "must be 3 (MQTT 3.1.1) or 5");
@@ -143,7 +154,8 @@ void parse(const toml::table& root, const reader& r, consume_config& c) {
     }
   }
   if (c.workers > 1 && c.broker.mqtt_version != 5)
-    r.fail(*rep->get("workers"), "replica.workers", "more than one worker needs MQTT 5 shared subscriptions (broker.mqtt_version = 5)");
+    r.fail(*rep->get("workers"), "replica.workers",
+           "more than one worker needs MQTT 5 shared subscriptions (broker.mqtt_version = 5)");
 
   if (const toml::table* t = r.get_table(root, "", "retry")) {
     r.only_keys(*t, "retry.", {"max_retries", "base_delay_ms", "max_delay_ms"});
@@ -160,7 +172,8 @@ void parse(const toml::table& root, const reader& r, consume_config& c) {
 
   const toml::node* tables = root.get("table");
   if (!tables) r.fail_at(root, "table", "missing (at least one [[table]] with a cqrs_id)");
-  if (!tables->is_array_of_tables()) r.fail(*tables, "table", "must be an array of tables ([[table]])");
+  if (!tables->is_array_of_tables())
+    r.fail(*tables, "table", "must be an array of tables ([[table]])");
   std::set<std::string> ids;
   std::size_t i = 0;
   for (const toml::node& n : *tables->as_array()) {
@@ -170,22 +183,26 @@ void parse(const toml::table& root, const reader& r, consume_config& c) {
     table_config tc;
     r.get_string(t, p, "cqrs_id", tc.cqrs_id, true);
     check_name(r, t, p + "cqrs_id", tc.cqrs_id, validate_cqrs_id(tc.cqrs_id));
-    if (!ids.insert(tc.cqrs_id).second) r.fail(*t.get("cqrs_id"), p + "cqrs_id", "'" + tc.cqrs_id + "' appears twice");
+    if (!ids.insert(tc.cqrs_id).second)
+      r.fail(*t.get("cqrs_id"), p + "cqrs_id", "'" + tc.cqrs_id + "' appears twice");
     tc.table = tc.cqrs_id;
     r.get_string(t, p, "table", tc.table);
     if (tc.table.empty()) r.fail(*t.get("table"), p + "table", "must not be empty");
     std::string unknown = "ignore";
     if (r.get_string(t, p, "unknown_columns", unknown)) {
       if (unknown != "ignore" && unknown != "reject")
-        r.fail(*t.get("unknown_columns"), p + "unknown_columns", "'" + unknown + "': must be \"ignore\" or \"reject\"");
+        r.fail(*t.get("unknown_columns"), p + "unknown_columns",
+               "'" + unknown + "': must be \"ignore\" or \"reject\"");
     }
     tc.reject_unknown_columns = unknown == "reject";
     r.get_bool(t, p, "only_direct_syncs", tc.only_direct_syncs);
     if (const toml::table* m = r.get_table(t, p, "mapping")) {
       for (auto&& [k, v] : *m) {
         auto local = v.value<std::string>();
-        if (!v.is_string() || !local) r.fail(v, p + "mapping." + std::string(k.str()), "must be a string (the local column)");
-        if (local->empty()) r.fail(v, p + "mapping." + std::string(k.str()), "local column name must not be empty");
+        if (!v.is_string() || !local)
+          r.fail(v, p + "mapping." + std::string(k.str()), "must be a string (the local column)");
+        if (local->empty())
+          r.fail(v, p + "mapping." + std::string(k.str()), "local column name must not be empty");
         tc.mapping.emplace_back(std::string(k.str()), *local);
       }
     }
@@ -206,8 +223,8 @@ bool parse_consume_config(std::string_view text, std::string_view source, consum
     return true;
   } catch (const toml::parse_error& e) {
     std::ostringstream s;
-    s << source << ":" << e.source().begin.line << ":" << e.source().begin.column << ": syntax: "
-      << e.description();
+    s << source << ":" << e.source().begin.line << ":" << e.source().begin.column
+      << ": syntax: " << e.description();
     error = s.str();
   } catch (const config_error& e) {
     error = e.text;

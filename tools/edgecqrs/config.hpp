@@ -17,29 +17,29 @@ struct tls_config {
 };
 
 struct broker_config {
-  std::string url = "mqtt://127.0.0.1:1883";   // mqtt:// or mqtts://
-  std::string client_id;                       // default: replica name (+ worker index)
+  std::string url = "mqtt://127.0.0.1:1883";  // mqtt:// or mqtts://
+  std::string client_id;                      // default: replica name (+ worker index)
   std::string username;
-  std::string password;                        // or password_file
+  std::string password;  // or password_file
   std::string password_file;
-  int mqtt_version = 5;                        // 3 (3.1.1) or 5
+  int mqtt_version = 5;  // 3 (3.1.1) or 5
   int keepalive_s = 30;
   tls_config tls;
 };
 
 struct table_config {
   std::string cqrs_id;
-  std::string table;                               // local table (default: cqrs_id)
+  std::string table;                                         // local table (default: cqrs_id)
   std::vector<std::pair<std::string, std::string>> mapping;  // remote -> local
-  bool reject_unknown_columns = false;             // unknown_columns = "reject" | "ignore"
+  bool reject_unknown_columns = false;  // unknown_columns = "reject" | "ignore"
   bool only_direct_syncs = false;
 };
 
 struct consume_config {
-  std::string name;                 // replica name (direct topic, control requests)
-  std::string database;             // replica SQLite file
+  std::string name;      // replica name (direct topic, control requests)
+  std::string database;  // replica SQLite file
   std::string topic_prefix = "edgecqrs";
-  int workers = 1;                  // > 1: shared subscription $share/<name>/...
+  int workers = 1;  // > 1: shared subscription $share/<name>/...
   broker_config broker;
   int max_retries = 30;
   std::int64_t retry_base_ms = 2000;

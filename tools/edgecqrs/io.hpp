@@ -2,13 +2,13 @@
 // line on stderr that is shown only on a terminal and without --quiet.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <system_error>
 #include <vector>
-
-#include <unistd.h>
 
 namespace edgecqrs::cli {
 
@@ -32,9 +32,11 @@ class progress {
   void update(std::uint64_t n, std::uint64_t total = 0) {
     if (!on_ || (n - last_ < step_ && n != total)) return;
     last_ = n;
-    if (total) std::fprintf(stderr, "\r%s: %llu / %llu (%d%%)", what_, (unsigned long long)n,
-                            (unsigned long long)total, int(100.0 * n / total));
-    else std::fprintf(stderr, "\r%s: %llu", what_, (unsigned long long)n);
+    if (total)
+      std::fprintf(stderr, "\r%s: %llu / %llu (%d%%)", what_, (unsigned long long)n,
+                   (unsigned long long)total, int(100.0 * n / total));
+    else
+      std::fprintf(stderr, "\r%s: %llu", what_, (unsigned long long)n);
     shown_ = true;
   }
   void done() {

@@ -7,6 +7,9 @@
 int main(int argc, char** argv) {
   CLI::App app{"edgecqrs: SQLite -> MQTT CQRS replication, operations tool"};
   app.require_subcommand(1);
+  // Global flags are accepted before or after the sub-command (`edgecqrs consume ... --quiet`,
+  // as the shipped systemd unit writes it): sub-commands made after this inherit it.
+  app.fallthrough();
   edgecqrs::cli::run_state st;
   app.add_flag("-q,--quiet", st.quiet, "No progress display");
   app.set_version_flag("--version", std::string("edgecqrs ") + edgecqrs::version());
