@@ -99,8 +99,8 @@ TEST_CASE("capture: DELETE without WHERE (truncate optimisation defeated)") {
 
 TEST_CASE("capture: INSERT OR REPLACE over an existing row") {
   master_fixture f;
-  f.sql("CREATE TABLE dev(id INTEGER PRIMARY KEY, serial TEXT UNIQUE, v INTEGER)");
-  REQUIRE_FALSE(f.m->register_table(stream_of("dev")));
+  f.add_table("CREATE TABLE dev(id INTEGER PRIMARY KEY, serial TEXT UNIQUE, v INTEGER)",
+              stream_of("dev"));
   REQUIRE_FALSE(f.txn("INSERT INTO dev VALUES(1,'s1',10); INSERT INTO dev VALUES(2,'s2',20)"));
   // Same key: one save with the new state.
   REQUIRE_FALSE(f.txn("INSERT OR REPLACE INTO dev VALUES(1,'s1',11)"));
@@ -274,10 +274,9 @@ TEST_CASE("capture: WITHOUT ROWID tables") {
 
 TEST_CASE("capture: filtered rows send no save, deletes are always sent") {
   master_fixture f;
-  f.sql("CREATE TABLE s(id INTEGER PRIMARY KEY, public INTEGER, x TEXT)");
   table_options o = stream_of("s");
   o.filter = [](const row_ref& r) { return r.get("public").i == 1; };
-  REQUIRE_FALSE(f.m->register_table(o));
+  f.add_table("CREATE TABLE s(id INTEGER PRIMARY KEY, public INTEGER, x TEXT)", o);
   REQUIRE_FALSE(f.txn("INSERT INTO s VALUES(1,1,'pub'); INSERT INTO s VALUES(2,0,'priv')"));
   REQUIRE_FALSE(f.txn("UPDATE s SET public=1 WHERE id=2"));
   REQUIRE_FALSE(f.txn("DELETE FROM s WHERE id=2"));
@@ -290,10 +289,9 @@ TEST_CASE("capture: filtered rows send no save, deletes are always sent") {
 
 TEST_CASE("capture: a column subset, and changes to unsent columns only") {
   master_fixture f;
-  f.sql("CREATE TABLE w(id INTEGER PRIMARY KEY, a TEXT, secret TEXT, b INTEGER)");
   table_options o = stream_of("w");
   o.columns = {"b", "id"};
-  REQUIRE_FALSE(f.m->register_table(o));
+  f.add_table("CREATE TABLE w(id INTEGER PRIMARY KEY, a TEXT, secret TEXT, b INTEGER)", o);
   schema s;
   REQUIRE(f.m->schema_of("w", s));
   REQUIRE(s.columns.size() == 2);
@@ -313,10 +311,10 @@ TEST_CASE("capture: a column subset, and changes to unsent columns only") {
 
 TEST_CASE("capture: tracked columns carry their previous values when they changed") {
   master_fixture f;
-  f.sql("CREATE TABLE acc(id INTEGER PRIMARY KEY, status TEXT, balance INTEGER, note TEXT)");
   table_options o = stream_of("acc");
   o.tracked = {"status", "balance"};
-  REQUIRE_FALSE(f.m->register_table(o));
+  f.add_table("CREATE TABLE acc(id INTEGER PRIMARY KEY, status TEXT, balance INTEGER, note TEXT)",
+              o);
   REQUIRE_FALSE(f.txn("INSERT INTO acc VALUES(1,'new',10,'n')"));
   REQUIRE_FALSE(
       f.txn("UPDATE acc SET status='open', note='m' WHERE id=1;"
@@ -356,14 +354,13 @@ TEST_CASE("capture: custom serialization with a join") {
 
 TEST_CASE("capture: custom serialization callback, its failure fails the commit") {
   master_fixture f;
-  f.sql("CREATE TABLE c(id INTEGER PRIMARY KEY, name TEXT)");
   table_options o = stream_of("c");
   o.serializer = [](const row_ref& in, std::vector<value>& out) -> std::error_code {
     if (in.get("name").size == 0) return make_error_code(errc::invalid_argument);
     out[1] = value::text("upper:" + std::string(in.get("name").bytes()));
     return {};
   };
-  REQUIRE_FALSE(f.m->register_table(o));
+  f.add_table("CREATE TABLE c(id INTEGER PRIMARY KEY, name TEXT)", o);
   REQUIRE_FALSE(f.txn("INSERT INTO c VALUES(1,'x')"));
   CHECK(f.txn("INSERT INTO c VALUES(2,'')") == errc::serialization_failed);
   CHECK(f.count("SELECT count(*) FROM c") == 1);
@@ -413,48 +410,54 @@ TEST_CASE("registration errors name the problem") {
   f.sql(
       "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT); CREATE TABLE nopk(a, b);"
       "CREATE VIEW v AS SELECT * FROM t; CREATE TABLE t2(id INTEGER PRIMARY KEY)");
-  table_options o;
-  o.table = "t";
-  o.cqrs_id = "bad/id";
-  CHECK(f.m->register_table(o) == errc::invalid_cqrs_id);
-  o.cqrs_id = "$sys";
-  CHECK(f.m->register_table(o) == errc::invalid_cqrs_id);
-  o.cqrs_id = "t";
-  o.table = "missing";
-  CHECK(f.m->register_table(o) == errc::unknown_table);
-  CHECK(f.m->last_error_message().find("missing") != std::string::npos);
-  o.table = "t";
-  o.columns = {"id", "nope"};
-  CHECK(f.m->register_table(o) == errc::unknown_column);
-  CHECK(f.m->last_error_message().find("nope") != std::string::npos);
-  o.columns = {"a"};
-  CHECK(f.m->register_table(o) == errc::missing_primary_key);
-  o.columns = {};
-  o.tracked = {"zz"};
-  CHECK(f.m->register_table(o) == errc::unknown_column);
-  o.tracked = {};
-  o.table = "nopk";
-  CHECK(f.m->register_table(o) == errc::missing_primary_key);
-  o.table = "v";
-  CHECK(f.m->register_table(o) == errc::unsupported_table);
-  o.table = "edgecqrs_outbox";
-  CHECK(f.m->register_table(o) == errc::unsupported_table);
-  o.table = "t";
-  REQUIRE_FALSE(f.m->register_table(o));
-  CHECK(f.m->register_table(o) == errc::duplicate_cqrs_id);
-  o.cqrs_id = "t-other";
-  CHECK(f.m->register_table(o) == errc::already_registered);
-  o.table = "t2";
-  o.cqrs_id = "t";
-  CHECK(f.m->register_table(o) == errc::duplicate_cqrs_id);
+  // Each attempt in order (a success registers, so later attempts see it): the options, the
+  // expected result (ok: must succeed) and what the error message must name.
+  struct attempt {
+    const char* table;
+    const char* cqrs_id;
+    std::vector<std::string> columns;
+    std::vector<std::string> tracked;
+    errc expect;
+    const char* names;
+  };
+  const attempt attempts[] = {
+      {"t", "bad/id", {}, {}, errc::invalid_cqrs_id, nullptr},
+      {"t", "$sys", {}, {}, errc::invalid_cqrs_id, nullptr},
+      {"missing", "t", {}, {}, errc::unknown_table, "missing"},
+      {"t", "t", {"id", "nope"}, {}, errc::unknown_column, "nope"},
+      {"t", "t", {"a"}, {}, errc::missing_primary_key, nullptr},
+      {"t", "t", {}, {"zz"}, errc::unknown_column, nullptr},
+      {"nopk", "t", {}, {}, errc::missing_primary_key, nullptr},
+      {"v", "t", {}, {}, errc::unsupported_table, nullptr},
+      {"edgecqrs_outbox", "t", {}, {}, errc::unsupported_table, nullptr},
+      {"t", "t", {}, {}, errc::ok, nullptr},
+      {"t", "t", {}, {}, errc::duplicate_cqrs_id, nullptr},
+      {"t", "t-other", {}, {}, errc::already_registered, nullptr},
+      {"t2", "t", {}, {}, errc::duplicate_cqrs_id, nullptr},
+  };
+  for (const attempt& a : attempts) {
+    CAPTURE(a.table);
+    CAPTURE(a.cqrs_id);
+    table_options o;
+    o.table = a.table;
+    o.cqrs_id = a.cqrs_id;
+    o.columns = a.columns;
+    o.tracked = a.tracked;
+    const std::error_code ec = f.m->register_table(o);
+    if (a.expect == errc::ok) {
+      REQUIRE_FALSE(ec);
+      continue;
+    }
+    CHECK(ec == a.expect);
+    if (a.names) CHECK(f.m->last_error_message().find(a.names) != std::string::npos);
+  }
 }
 
 TEST_CASE("produce off: registered, nothing captured, still syncable") {
   master_fixture f;
-  f.sql("CREATE TABLE q(id INTEGER PRIMARY KEY, x INTEGER)");
   table_options o = stream_of("q");
   o.produce = false;
-  REQUIRE_FALSE(f.m->register_table(o));
+  f.add_table("CREATE TABLE q(id INTEGER PRIMARY KEY, x INTEGER)", o);
   REQUIRE_FALSE(f.txn("INSERT INTO q VALUES(1, 1)"));
   f.drain();
   CHECK(f.events("q").empty());
@@ -492,8 +495,7 @@ TEST_CASE("capture: tables with generated columns send computed values") {
 
 TEST_CASE("capture: ROLLBACK TO hidden behind a comment is still seen") {
   master_fixture f;
-  f.sql("CREATE TABLE r(id INTEGER PRIMARY KEY, v TEXT)");
-  REQUIRE_FALSE(f.m->register_table(stream_of("r")));
+  f.add_table("CREATE TABLE r(id INTEGER PRIMARY KEY, v TEXT)", stream_of("r"));
   REQUIRE_FALSE(
       f.txn("INSERT INTO r VALUES(1, 'a'); SAVEPOINT s; UPDATE r SET v = 'b';"
             "/* undo */ ROLLBACK TO s; RELEASE s"));
