@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "cli_test_util.hpp"
 #include "edgecqrs/master.hpp"
 #include "mosquitto_fixture.hpp"
 #include "test_support.hpp"
@@ -23,16 +24,10 @@
 extern char** environ;
 
 using namespace edgecqrs;
+using edgecqrs::test::exec_sql;
+using edgecqrs::test::master_change;
 
 namespace {
-
-void exec_sql(sqlite3* db, const std::string& sql) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
-  INFO(sql << ": " << (err ? err : ""));
-  REQUIRE(rc == SQLITE_OK);
-  sqlite3_free(err);
-}
 
 std::int64_t count_of(const std::string& path, const std::string& sql) {
   sqlite3* db = nullptr;
@@ -40,27 +35,12 @@ std::int64_t count_of(const std::string& path, const std::string& sql) {
   sqlite3_busy_timeout(db, 2000);
   sqlite3_stmt* s = nullptr;
   std::int64_t n = -1;
-  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW)
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) == SQLITE_OK &&
+      sqlite3_step(s) == SQLITE_ROW)
     n = sqlite3_column_int64(s, 0);
   sqlite3_finalize(s);
   sqlite3_close(db);
   return n;
-}
-
-void master_write(const std::string& path, const std::string& sql, bool create) {
-  master_config c;
-  c.heartbeat_interval_ms = 0;
-  std::unique_ptr<master> m;
-  REQUIRE_FALSE(master::open(path, c, nullptr, m));
-  if (create) exec_sql(m->db(), "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)");
-  table_options o;
-  o.table = "item";
-  o.cqrs_id = "item";
-  REQUIRE_FALSE(m->register_table(o));
-  REQUIRE_FALSE(m->transaction([&](sqlite3* db) {
-    exec_sql(db, sql);
-    return std::error_code{};
-  }));
 }
 
 // A background `edgecqrs consume`, stopped by signal.
@@ -68,7 +48,8 @@ struct consume_proc {
   pid_t pid = -1;
   std::string err_file;
   consume_proc(const std::string& config, const std::string& err) : err_file(err) {
-    std::string cmd = std::string("exec '") + EDGECQRS_CLI + "' consume --config '" + config + "' 2>'" + err + "'";
+    std::string cmd = std::string("exec '") + EDGECQRS_CLI + "' consume --config '" + config +
+                      "' 2>'" + err + "'";
     const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
     REQUIRE(posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
   }
@@ -92,7 +73,9 @@ struct consume_proc {
   ~consume_proc() {
     if (pid > 0) stop(SIGKILL);
   }
-  bool log_has(const std::string& s) const { return edgecqrs::test::read_file(err_file).find(s) != std::string::npos; }
+  bool log_has(const std::string& s) const {
+    return edgecqrs::test::read_file(err_file).find(s) != std::string::npos;
+  }
 };
 
 bool wait_for(const std::function<bool()>& cond, int ms = 15000) {
@@ -103,46 +86,66 @@ bool wait_for(const std::function<bool()>& cond, int ms = 15000) {
   return cond();
 }
 
-int run(const std::string& args, const std::string& out = "/dev/null", const std::string& err = "/dev/null") {
-  std::string cmd = std::string("'") + EDGECQRS_CLI + "' " + args + " >'" + out + "' 2>'" + err + "'";
+int run(const std::string& args, const std::string& out = "/dev/null",
+        const std::string& err = "/dev/null") {
+  std::string cmd =
+      std::string("'") + EDGECQRS_CLI + "' " + args + " >'" + out + "' 2>'" + err + "'";
   int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
+// A running private broker, a master database whose item table holds rows 1..rows (name
+// 'name <i>', qty i), an empty replica database and the path of its config.
+struct consume_setup {
+  edgecqrs::test::temp_dir d{"clib"};
+  edgecqrs::test::mosquitto_broker broker;
+  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"),
+                    cfg = d.file("replica.toml");
+
+  explicit consume_setup(int rows) {
+    REQUIRE_MESSAGE(broker.start(), broker.error());
+    master_change(mdb,
+                  "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<" +
+                      std::to_string(rows) + ") INSERT INTO item SELECT i, 'name ' || i, i FROM n",
+                  test::item_ddl);
+    test::exec_file(rdb, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
+  }
+  // The replica's config: replica `name` on the replica database (`replica_extra`: more keys of
+  // [replica]), MQTT 5 on the broker, stream "item".
+  void write_config(const std::string& name, const std::string& replica_extra = "") const {
+    std::ofstream(cfg) << "[replica]\nname = \"" << name << "\"\ndatabase = \"" << rdb << "\"\n"
+                       << replica_extra << "[broker]\nurl = \"" << broker.uri()
+                       << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+  }
+};
+
 }  // namespace
 
 TEST_CASE("consume applies, stops cleanly on SIGTERM and SIGINT, and catches up after a restart") {
-  edgecqrs::test::temp_dir d("clib");
-  edgecqrs::test::mosquitto_broker broker;
-  REQUIRE_MESSAGE(broker.start(), broker.error());
-  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"), cfg = d.file("replica.toml");
-  master_write(mdb, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<2000) "
-                    "INSERT INTO item SELECT i, 'name ' || i, i FROM n", true);
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(rdb.c_str(), &db) == SQLITE_OK);
-    exec_sql(db, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
-    sqlite3_close(db);
-  }
-  std::ofstream(cfg) << "[replica]\nname = \"gw1\"\ndatabase = \"" << rdb << "\"\n[broker]\nurl = \"" << broker.uri()
-                     << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+  consume_setup setup(2000);
+  auto& [d, broker, mdb, rdb, cfg] = setup;
+  setup.write_config("gw1");
 
   auto d1 = std::make_unique<consume_proc>(cfg, d.file("consume1.err"));
-  REQUIRE_MESSAGE(wait_for([&] { return d1->log_has("replica 'gw1' on"); }), edgecqrs::test::read_file(d1->err_file));
+  REQUIRE_MESSAGE(wait_for([&] { return d1->log_has("replica 'gw1' on"); }),
+                  edgecqrs::test::read_file(d1->err_file));
   // The master's pending stream events, published by `sync --broker` (here with a sync of
   // three rows to this replica too).
-  REQUIRE(run("sync --db '" + mdb + "' -c item --where 'id <= ?1' -p 3 --to gw1 --broker " + broker.uri(), "/dev/null",
-              d.file("sync.err")) == 0);
+  REQUIRE(run("sync --db '" + mdb + "' -c item --where 'id <= ?1' -p 3 --to gw1 --broker " +
+                  broker.uri(),
+              "/dev/null", d.file("sync.err")) == 0);
   CHECK(edgecqrs::test::read_file(d.file("sync.err")).find("outbox drained") != std::string::npos);
   CHECK(wait_for([&] { return count_of(rdb, "SELECT count(*) FROM item") == 2000; }));
   // The retained schema message, live.
-  CHECK(run("decode --subscribe " + broker.uri() + " 'edgecqrs/v1/s/#' -n 1", d.file("decode.out")) == 0);
-  CHECK(edgecqrs::test::read_file(d.file("decode.out")).find("\"cqrs_id\":\"item\"") != std::string::npos);
+  CHECK(run("decode --subscribe " + broker.uri() + " 'edgecqrs/v1/s/#' -n 1",
+            d.file("decode.out")) == 0);
+  CHECK(edgecqrs::test::read_file(d.file("decode.out")).find("\"cqrs_id\":\"item\"") !=
+        std::string::npos);
   CHECK(d1->stop(SIGTERM) == 0);
   CHECK(d1->log_has("stopped (SIGTERM)"));
 
   // Changes while the daemon is down are kept by the broker for its persistent session.
-  master_write(mdb, "UPDATE item SET qty = -1 WHERE id <= 10", false);
+  master_change(mdb, "UPDATE item SET qty = -1 WHERE id <= 10");
   REQUIRE(run("-q sync --db '" + mdb + "' -c item --where '0' --broker " + broker.uri()) == 0);
   auto d2 = std::make_unique<consume_proc>(cfg, d.file("consume2.err"));
   CHECK(wait_for([&] { return count_of(rdb, "SELECT count(*) FROM item WHERE qty = -1") == 10; }));
@@ -154,38 +157,31 @@ TEST_CASE("consume applies, stops cleanly on SIGTERM and SIGINT, and catches up 
 TEST_CASE("consume and sync: a bad config or a missing database fails with a named problem") {
   edgecqrs::test::temp_dir d("clib");
   const std::string cfg = d.file("replica.toml");
-  std::ofstream(cfg) << "[replica]\nname = \"gw1\"\ndatabase = \"x.db\"\nworkers = 2\n[broker]\nmqtt_version = 3\n"
-                        "[[table]]\ncqrs_id = \"item\"\n";
+  std::ofstream(cfg)
+      << "[replica]\nname = \"gw1\"\ndatabase = \"x.db\"\nworkers = 2\n[broker]\nmqtt_version = 3\n"
+         "[[table]]\ncqrs_id = \"item\"\n";
   CHECK(run("consume --config '" + cfg + "'", "/dev/null", d.file("err")) == 2);
   std::string err = edgecqrs::test::read_file(d.file("err"));
   CHECK(err.find("replica.workers") != std::string::npos);
   CHECK(err.find("shared subscriptions") != std::string::npos);
-  CHECK(run("sync --db '" + d.file("none.db") + "' -c item --broker tcp://127.0.0.1:1", "/dev/null", d.file("err")) == 2);
+  CHECK(run("sync --db '" + d.file("none.db") + "' -c item --broker tcp://127.0.0.1:1", "/dev/null",
+            d.file("err")) == 2);
   CHECK(edgecqrs::test::read_file(d.file("err")).find("none.db") != std::string::npos);
 }
 
 TEST_CASE("consume with two workers sharing the event subscription") {
-  edgecqrs::test::temp_dir d("clib");
-  edgecqrs::test::mosquitto_broker broker;
-  REQUIRE_MESSAGE(broker.start(), broker.error());
-  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"), cfg = d.file("replica.toml");
-  master_write(mdb, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<3000) "
-                    "INSERT INTO item SELECT i, 'name ' || i, i FROM n", true);
+  consume_setup setup(3000);
+  auto& [d, broker, mdb, rdb, cfg] = setup;
   // Many small transactions: many messages for the broker to spread over the two workers.
   for (int k = 0; k < 20; ++k)
-    master_write(mdb, "UPDATE item SET qty = qty + 1 WHERE id % 20 = " + std::to_string(k), false);
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(rdb.c_str(), &db) == SQLITE_OK);
-    exec_sql(db, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
-    sqlite3_close(db);
-  }
-  std::ofstream(cfg) << "[replica]\nname = \"gw2\"\ndatabase = \"" << rdb << "\"\nworkers = 2\n[broker]\nurl = \""
-                     << broker.uri() << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+    master_change(mdb, "UPDATE item SET qty = qty + 1 WHERE id % 20 = " + std::to_string(k));
+  setup.write_config("gw2", "workers = 2\n");
   auto c = std::make_unique<consume_proc>(cfg, d.file("consume.err"));
-  REQUIRE_MESSAGE(wait_for([&] { return c->log_has("2 worker(s)"); }), edgecqrs::test::read_file(c->err_file));
+  REQUIRE_MESSAGE(wait_for([&] { return c->log_has("2 worker(s)"); }),
+                  edgecqrs::test::read_file(c->err_file));
   REQUIRE(run("-q sync --db '" + mdb + "' -c item --where '0' --broker " + broker.uri()) == 0);
-  CHECK(wait_for([&] { return count_of(rdb, "SELECT sum(qty) FROM item") == 3000 * 3001 / 2 + 3000; }));
+  CHECK(wait_for(
+      [&] { return count_of(rdb, "SELECT sum(qty) FROM item") == 3000 * 3001 / 2 + 3000; }));
   CHECK(count_of(rdb, "SELECT count(*) FROM item") == 3000);
   CHECK(c->stop(SIGTERM) == 0);
   CHECK(count_of(rdb, "SELECT count(*) FROM edgecqrs_r_dead") == 0);

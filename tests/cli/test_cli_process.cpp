@@ -8,12 +8,12 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "cli_test_util.hpp"
 #include "edgecqrs/cbor_seq.hpp"
 #include "edgecqrs/master.hpp"
 #include "edgecqrs/ports/loopback.hpp"
@@ -21,6 +21,9 @@
 #include "test_support.hpp"
 
 using namespace edgecqrs;
+using edgecqrs::test::exec_sql;
+using edgecqrs::test::master_change;
+using edgecqrs::test::quiet_master;
 
 namespace {
 
@@ -30,9 +33,11 @@ struct result {
 };
 
 // Runs `args` (a shell command line after the binary) with stdout/stderr captured.
-result cli(const edgecqrs::test::temp_dir& d, const std::string& args, const std::string& stdin_file = "") {
+result cli(const edgecqrs::test::temp_dir& d, const std::string& args,
+           const std::string& stdin_file = "") {
   std::string out = d.file("stdout.txt"), err = d.file("stderr.txt");
-  std::string cmd = std::string("'") + EDGECQRS_CLI + "' " + args + " >'" + out + "' 2>'" + err + "'";
+  std::string cmd =
+      std::string("'") + EDGECQRS_CLI + "' " + args + " >'" + out + "' 2>'" + err + "'";
   if (!stdin_file.empty()) cmd += " <'" + stdin_file + "'";
   int rc = std::system(cmd.c_str());
   result r;
@@ -49,79 +54,48 @@ int sh(const std::string& line) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-void exec_sql(sqlite3* db, const std::string& sql) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
-  INFO(sql << ": " << (err ? err : ""));
-  REQUIRE(rc == SQLITE_OK);
-  sqlite3_free(err);
-}
-
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
   f << text;
-}
-
-master_config quiet_master() {
-  master_config c;
-  c.heartbeat_interval_ms = 0;  // no heartbeats: the replicas here see only what the tests send
-  return c;
 }
 
 // A master database with table item(id, name, qty) holding rows 1..n.
 void make_master(const std::string& path, int n) {
   std::unique_ptr<master> m;
   REQUIRE_FALSE(master::open(path, quiet_master(), nullptr, m));
-  exec_sql(m->db(), "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)");
-  table_options o;
-  o.table = "item";
-  o.cqrs_id = "item";
-  REQUIRE_FALSE(m->register_table(o));
+  exec_sql(m->db(), test::item_ddl);
+  REQUIRE_FALSE(m->register_table(test::stream_of("item")));
   // Several transactions, as an application writes.
   for (int from = 1; from <= n; from += 1000) {
     REQUIRE_FALSE(m->transaction([&](sqlite3* db) {
       for (int i = from; i < from + 1000 && i <= n; ++i)
-        exec_sql(db, "INSERT INTO item VALUES(" + std::to_string(i) + ",'name " + std::to_string(i) + "'," +
-                         std::to_string(i * 10) + ")");
+        exec_sql(db, "INSERT INTO item VALUES(" + std::to_string(i) + ",'name " +
+                         std::to_string(i) + "'," + std::to_string(i * 10) + ")");
       return std::error_code{};
     }));
   }
 }
 
-// Runs a change on the master database through the library (versions bump, events queued).
-void master_change(const std::string& path, const std::string& sql) {
-  std::unique_ptr<master> m;
-  REQUIRE_FALSE(master::open(path, quiet_master(), nullptr, m));
-  table_options o;
-  o.table = "item";
-  o.cqrs_id = "item";
-  REQUIRE_FALSE(m->register_table(o));
-  REQUIRE_FALSE(m->transaction([&](sqlite3* db) {
-    exec_sql(db, sql);
-    return std::error_code{};
-  }));
-}
-
 // An empty replica database with its local table (remote "name" lands in "label").
 void make_replica(const std::string& path) {
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-  exec_sql(db, "CREATE TABLE stock(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER)");
-  sqlite3_close(db);
+  test::exec_file(path, "CREATE TABLE stock(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER)");
 }
 
 std::string config_text(const std::string& db) {
   return "[replica]\nname = \"gw1\"\ndatabase = \"" + db +
-         "\"\n\n[[table]]\ncqrs_id = \"item\"\ntable = \"stock\"\n[table.mapping]\nname = \"label\"\n";
+         "\"\n\n[[table]]\ncqrs_id = \"item\"\ntable = \"stock\"\n[table.mapping]\nname = "
+         "\"label\"\n";
 }
 
 // "id|label|qty" lines of a table, ordered by id.
-std::string rows_of(const std::string& path, const std::string& table, const std::string& name_col) {
+std::string rows_of(const std::string& path, const std::string& table,
+                    const std::string& name_col) {
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
   sqlite3_stmt* s = nullptr;
-  REQUIRE(sqlite3_prepare_v2(db, ("SELECT id, " + name_col + ", qty FROM " + table + " ORDER BY id").c_str(), -1, &s,
-                             nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_prepare_v2(
+              db, ("SELECT id, " + name_col + ", qty FROM " + table + " ORDER BY id").c_str(), -1,
+              &s, nullptr) == SQLITE_OK);
   std::string out;
   while (sqlite3_step(s) == SQLITE_ROW)
     out += std::to_string(sqlite3_column_int64(s, 0)) + "|" +
@@ -158,8 +132,9 @@ struct world {
 
 TEST_CASE("help and bad flags") {
   edgecqrs::test::temp_dir d("cli");
-  for (const char* sub : {"status", "dump", "load", "diff-master", "diff-replica", "diff-sync", "decode",
-                          "dead-letters list", "dead-letters retry", "dead-letters purge"}) {
+  for (const char* sub :
+       {"status", "dump", "load", "diff-master", "diff-replica", "diff-sync", "decode",
+        "dead-letters list", "dead-letters retry", "dead-letters purge"}) {
     result r = cli(d, std::string(sub) + " --help");
     INFO(sub);
     CHECK(r.status == 0);
@@ -182,7 +157,8 @@ TEST_CASE("help and bad flags") {
 
 TEST_CASE("bad config: the message names the file position, the key and the problem") {
   world w(3);
-  write_file(w.cfg, "[replica]\nname = \"gw1\"\ndatabase = \"" + w.rdb + "\"\n\n[[table]]\ncqrs_id = \"item\"\ncolour = 1\n");
+  write_file(w.cfg, "[replica]\nname = \"gw1\"\ndatabase = \"" + w.rdb +
+                        "\"\n\n[[table]]\ncqrs_id = \"item\"\ncolour = 1\n");
   result r = cli(w.d, "load -i x --config '" + w.cfg + "'");
   CHECK(r.status == 2);
   CHECK(r.err.find("replica.toml:7:") != std::string::npos);
@@ -196,7 +172,8 @@ TEST_CASE("bad config: the message names the file position, the key and the prob
 
 TEST_CASE("dump and load: all rows through the replica's version rules, then duplicates") {
   world w(2500);
-  result r = cli(w.d, "--quiet dump --db '" + w.mdb + "' --cqrs-id item -o '" + w.d.file("item.cbor") + "'");
+  result r = cli(
+      w.d, "--quiet dump --db '" + w.mdb + "' --cqrs-id item -o '" + w.d.file("item.cbor") + "'");
   REQUIRE(r.status == 0);
   r = cli(w.d, "load -i '" + w.d.file("item.cbor") + "' --config '" + w.cfg + "'");
   INFO(r.err);
@@ -207,7 +184,9 @@ TEST_CASE("dump and load: all rows through the replica's version rules, then dup
   // A newer dump after a change on the master, then the older dump again: the older versions
   // are stale and change nothing (sync of an equal version refreshes, as a re-sync does).
   master_change(w.mdb, "UPDATE item SET qty = -1 WHERE id <= 7");
-  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("new.cbor") + "'").status == 0);
+  REQUIRE(
+      cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("new.cbor") + "'").status ==
+      0);
   r = cli(w.d, "load -i '" + w.d.file("new.cbor") + "' --config '" + w.cfg + "'");
   CHECK(r.status == 0);
   CHECK(rows_of(w.rdb, "stock", "label") == rows_of(w.mdb, "item", "name"));
@@ -217,13 +196,16 @@ TEST_CASE("dump and load: all rows through the replica's version rules, then dup
   CHECK(rows_of(w.rdb, "stock", "label") == rows_of(w.mdb, "item", "name"));
 
   // --where with a bound parameter, through a pipe, into a cleared replica.
-  CHECK(sh("\\$CLI -q dump --db '" + w.mdb + "' -c item --where 'id <= ?1 AND name LIKE ?2' -p 10 -p 'text:name%' -o - | \\$CLI load -i - --clear --config '" +
+  CHECK(sh("\\$CLI -q dump --db '" + w.mdb +
+           "' -c item --where 'id <= ?1 AND name LIKE ?2' -p 10 -p 'text:name%' -o - | \\$CLI load "
+           "-i - --clear --config '" +
            w.cfg + "' 2>'" + w.d.file("e.txt") + "'") == 0);
   CHECK(count_of(w.rdb, "SELECT count(*) FROM stock") == 10);
   CHECK(count_of(w.rdb, "SELECT max(id) FROM stock") == 10);
 
   // A bad WHERE names the problem.
-  r = cli(w.d, "dump --db '" + w.mdb + "' -c item --where 'nosuchcol = 1' -o '" + w.d.file("x.cbor") + "'");
+  r = cli(w.d, "dump --db '" + w.mdb + "' -c item --where 'nosuchcol = 1' -o '" +
+                   w.d.file("x.cbor") + "'");
   CHECK(r.status != 0);
   CHECK(r.err.find("nosuchcol") != std::string::npos);
   // A table that is not there.
@@ -234,19 +216,24 @@ TEST_CASE("dump and load: all rows through the replica's version rules, then dup
 
 TEST_CASE("load of a damaged dump: the bad record is reported with its position, the rest loads") {
   world w(2500);
-  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("item.cbor") + "'").status == 0);
+  REQUIRE(
+      cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("item.cbor") + "'").status ==
+      0);
   std::string bytes = edgecqrs::test::read_file(w.d.file("item.cbor"));
   // Split into items; keep header and messages, insert a well-formed but wrong item after the
   // first message, and end with a truncated item.
   std::vector<std::string> items;
   for (std::size_t pos = 0; pos < bytes.size();) {
     std::size_t len = 0;
-    REQUIRE_FALSE(cbor_item_size(reinterpret_cast<const std::uint8_t*>(bytes.data()) + pos, bytes.size() - pos, len));
+    REQUIRE_FALSE(cbor_item_size(reinterpret_cast<const std::uint8_t*>(bytes.data()) + pos,
+                                 bytes.size() - pos, len));
     items.push_back(bytes.substr(pos, len));
     pos += len;
   }
   REQUIRE(items.size() >= 3);  // header + at least two messages
-  std::string bad = "\x63" "bad";
+  std::string bad =
+      "\x63"
+      "bad";
   std::string out = items[0] + items[1];
   const std::size_t bad_at = out.size();
   out += bad;
@@ -258,7 +245,8 @@ TEST_CASE("load of a damaged dump: the bad record is reported with its position,
   INFO(r.err);
   CHECK(r.status == 1);
   CHECK(r.err.find("item 2 at byte " + std::to_string(bad_at)) != std::string::npos);
-  CHECK(r.err.find("item " + std::to_string(items.size() + 1) + " at byte " + std::to_string(trunc_at)) != std::string::npos);
+  CHECK(r.err.find("item " + std::to_string(items.size() + 1) + " at byte " +
+                   std::to_string(trunc_at)) != std::string::npos);
   CHECK(r.err.find("applied 2500") != std::string::npos);
   CHECK(r.err.find("bad records 2") != std::string::npos);
   CHECK(rows_of(w.rdb, "stock", "label") == rows_of(w.mdb, "item", "name"));
@@ -287,7 +275,8 @@ TEST_CASE("status of a master and of a replica, text and JSON") {
   CHECK(r.status == 0);
   CHECK(r.out.find("role: master") != std::string::npos);
 
-  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("i.cbor") + "'").status == 0);
+  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("i.cbor") + "'").status ==
+          0);
   REQUIRE(cli(w.d, "-q load -i '" + w.d.file("i.cbor") + "' --config '" + w.cfg + "'").status == 0);
   r = cli(w.d, "status --db '" + w.rdb + "' --json");
   REQUIRE(r.status == 0);
@@ -312,10 +301,13 @@ TEST_CASE("dead letters: list, retry after the cause is fixed, purge with filter
     sqlite3* db = nullptr;
     REQUIRE(sqlite3_open(w.rdb.c_str(), &db) == SQLITE_OK);
     exec_sql(db, "DROP TABLE stock");
-    exec_sql(db, "CREATE TABLE stock(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, extra TEXT NOT NULL)");
+    exec_sql(
+        db,
+        "CREATE TABLE stock(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, extra TEXT NOT NULL)");
     sqlite3_close(db);
   }
-  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("i.cbor") + "'").status == 0);
+  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("i.cbor") + "'").status ==
+          0);
   result r = cli(w.d, "load -i '" + w.d.file("i.cbor") + "' --config '" + w.cfg + "'");
   INFO(r.err);
   const std::int64_t dead = count_of(w.rdb, "SELECT count(*) FROM edgecqrs_r_dead");
@@ -360,7 +352,8 @@ TEST_CASE("dead letters: list, retry after the cause is fixed, purge with filter
 
 TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and added") {
   world w(300);
-  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("i.cbor") + "'").status == 0);
+  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("i.cbor") + "'").status ==
+          0);
   REQUIRE(cli(w.d, "-q load -i '" + w.d.file("i.cbor") + "' --config '" + w.cfg + "'").status == 0);
   // Changes the replica never hears of: updated (versions 2), deleted and new rows on the master.
   master_change(w.mdb, "UPDATE item SET qty = qty + 1 WHERE id <= 5");
@@ -380,10 +373,7 @@ TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and 
     auto mc = broker.make_client("master");
     std::unique_ptr<master> m;
     REQUIRE_FALSE(master::open(w.mdb, quiet_master(), mc.get(), m));
-    table_options o;
-    o.table = "item";
-    o.cqrs_id = "item";
-    REQUIRE_FALSE(m->register_table(o));
+    REQUIRE_FALSE(m->register_table(test::stream_of("item")));
     for (int i = 0; i < 100 && m->stats().records_pending; ++i) {
       REQUIRE_FALSE(m->poll());
       broker.pump_all();
@@ -391,8 +381,9 @@ TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and 
     REQUIRE(m->stats().records_pending == 0);
   }
   const std::string diff = w.d.file("diff.jsonl");
-  REQUIRE(sh("\\$CLI -q diff-master --db '" + w.mdb + "' -c item | \\$CLI -q diff-replica --config '" + w.cfg +
-             "' --delete-missing > '" + diff + "'") == 0);
+  REQUIRE(sh("\\$CLI -q diff-master --db '" + w.mdb +
+             "' -c item | \\$CLI -q diff-replica --config '" + w.cfg + "' --delete-missing > '" +
+             diff + "'") == 0);
   std::string text = edgecqrs::test::read_file(diff);
   INFO(text);
   std::istringstream lines(text);
@@ -400,11 +391,13 @@ TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and 
   std::vector<std::string> syncs, deletes;
   while (std::getline(lines, line)) {
     auto j = nlohmann::json::parse(line);
-    if (j.contains("op") && j["op"] == "sync") syncs.push_back(j["key"].dump() + ":" + j["reason"].get<std::string>());
+    if (j.contains("op") && j["op"] == "sync")
+      syncs.push_back(j["key"].dump() + ":" + j["reason"].get<std::string>());
     if (j.contains("op") && j["op"] == "delete") deletes.push_back(j["key"].dump());
   }
-  CHECK(syncs == std::vector<std::string>{"[1]:stale", "[2]:stale", "[3]:stale", "[4]:stale", "[5]:stale",
-                                          "[20]:missing", "[301]:missing", "[302]:missing", "[303]:missing"});
+  CHECK(syncs == std::vector<std::string>{"[1]:stale", "[2]:stale", "[3]:stale", "[4]:stale",
+                                          "[5]:stale", "[20]:missing", "[301]:missing",
+                                          "[302]:missing", "[303]:missing"});
   CHECK(deletes == std::vector<std::string>{"[6]", "[7]", "[8]", "[900]"});
   // --delete-missing removed them, with tombstones.
   CHECK(count_of(w.rdb, "SELECT count(*) FROM stock WHERE id IN (6,7,8,900)") == 0);
@@ -420,10 +413,7 @@ TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and 
     auto rc = broker.make_client("gw1");
     std::unique_ptr<master> m;
     REQUIRE_FALSE(master::open(w.mdb, quiet_master(), mc.get(), m));
-    table_options o;
-    o.table = "item";
-    o.cqrs_id = "item";
-    REQUIRE_FALSE(m->register_table(o));
+    REQUIRE_FALSE(m->register_table(test::stream_of("item")));
     replica_options ro;
     ro.name = "gw1";
     std::unique_ptr<replica> rep;
@@ -441,18 +431,22 @@ TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and 
   }
   CHECK(rows_of(w.rdb, "stock", "label") == rows_of(w.mdb, "item", "name"));
   // A second diff finds nothing.
-  REQUIRE(sh("\\$CLI -q diff-master --db '" + w.mdb + "' -c item | \\$CLI -q diff-replica --config '" + w.cfg +
-             "' > '" + diff + "'") == 0);
+  REQUIRE(sh("\\$CLI -q diff-master --db '" + w.mdb +
+             "' -c item | \\$CLI -q diff-replica --config '" + w.cfg + "' > '" + diff + "'") == 0);
   CHECK(edgecqrs::test::read_file(diff).find("\"op\"") == std::string::npos);
 
   // An incomplete listing (no end marker) is refused, nothing deleted.
-  write_file(w.d.file("partial.jsonl"), "{\"edgecqrs_diff\":1,\"side\":\"master\",\"cqrs_id\":\"item\",\"pk\":[\"id\"]}\n[[1],2]\n");
+  write_file(
+      w.d.file("partial.jsonl"),
+      "{\"edgecqrs_diff\":1,\"side\":\"master\",\"cqrs_id\":\"item\",\"pk\":[\"id\"]}\n[[1],2]\n");
   r = cli(w.d, "diff-replica --config '" + w.cfg + "' --delete-missing", w.d.file("partial.jsonl"));
   CHECK(r.status == 1);
   CHECK(r.err.find("without the end marker") != std::string::npos);
   CHECK(count_of(w.rdb, "SELECT count(*) FROM stock") == 300 - 3 + 3);
   // A malformed line names its number.
-  write_file(w.d.file("bad.jsonl"), "{\"edgecqrs_diff\":1,\"side\":\"master\",\"cqrs_id\":\"item\",\"pk\":[\"id\"]}\n[[1],2]\n[\"x\"]\n");
+  write_file(w.d.file("bad.jsonl"),
+             "{\"edgecqrs_diff\":1,\"side\":\"master\",\"cqrs_id\":\"item\",\"pk\":[\"id\"]}\n[[1],"
+             "2]\n[\"x\"]\n");
   r = cli(w.d, "diff-replica --config '" + w.cfg + "'", w.d.file("bad.jsonl"));
   CHECK(r.status == 1);
   CHECK(r.err.find("line 3") != std::string::npos);
