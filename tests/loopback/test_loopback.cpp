@@ -7,6 +7,7 @@
 
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/ports/loopback.hpp"
+#include "test_support.hpp"
 
 using namespace edgecqrs;
 
@@ -47,20 +48,17 @@ struct pub_sub {
 }  // namespace
 
 TEST_CASE("topic filters match like MQTT") {
-  struct row {
-    const char* filter;
-    const char* topic;
-    bool matches;
-  };
-  const row rows[] = {
+  const test::topic_case rows[] = {
       {"a/b", "a/b", true},        {"a/b", "a/c", false},  {"a/+/c", "a/x/c", true},
       {"a/+/c", "a/x/y/c", false}, {"a/#", "a/x/y", true}, {"a/#", "a", true},
       {"#", "a/b", true},          {"#", "$SYS/x", false}, {"a/b", "a/b/c", false},
       {"a/b/c", "a/b", false},     {"+", "a", true},       {"+", "a/b", false},
   };
-  for (const row& r : rows)
-    CHECK_MESSAGE(loopback::topic_matches(r.filter, r.topic) == r.matches,
-                  r.filter << " vs " << r.topic);
+  for (const auto& r : rows) {
+    CAPTURE(r.filter);
+    CAPTURE(r.topic);
+    CHECK(loopback::topic_matches(r.filter, r.topic) == r.match);
+  }
 }
 
 TEST_CASE("nothing moves until pump, acks after delivery") {

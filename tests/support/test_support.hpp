@@ -32,6 +32,13 @@ std::string read_file(const std::string& path);
 // Seed for randomized tests: $EDGECQRS_SEED if set, else `fallback`.
 std::uint64_t seed_or(std::uint64_t fallback);
 
+// One MQTT topic matching case: does `filter` match `topic`? (loopback and paho tests).
+struct topic_case {
+  const char* filter;
+  const char* topic;
+  bool match;
+};
+
 // Opens the database file `path`, runs `sql` on it and closes it; fails the test on error.
 void exec_file(const std::string& path, const std::string& sql);
 
