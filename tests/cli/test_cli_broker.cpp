@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli_test_util.hpp"
 #include "edgecqrs/master.hpp"
 #include "mosquitto_fixture.hpp"
 #include "test_support.hpp"
@@ -24,16 +25,10 @@
 extern char** environ;
 
 using namespace edgecqrs;
+using edgecqrs::test::exec_sql;
+using edgecqrs::test::master_change;
 
 namespace {
-
-void exec_sql(sqlite3* db, const std::string& sql) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
-  INFO(sql << ": " << (err ? err : ""));
-  REQUIRE(rc == SQLITE_OK);
-  sqlite3_free(err);
-}
 
 std::int64_t count_of(const std::string& path, const std::string& sql) {
   sqlite3* db = nullptr;
@@ -47,23 +42,6 @@ std::int64_t count_of(const std::string& path, const std::string& sql) {
   sqlite3_finalize(s);
   sqlite3_close(db);
   return n;
-}
-
-void master_write(const std::string& path, const std::string& sql, bool create) {
-  master_config c;
-  c.heartbeat_interval_ms = 0;
-  std::unique_ptr<master> m;
-  REQUIRE_FALSE(master::open(path, c, nullptr, m));
-  if (create)
-    exec_sql(m->db(), "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)");
-  table_options o;
-  o.table = "item";
-  o.cqrs_id = "item";
-  REQUIRE_FALSE(m->register_table(o));
-  REQUIRE_FALSE(m->transaction([&](sqlite3* db) {
-    exec_sql(db, sql);
-    return std::error_code{};
-  }));
 }
 
 // A background `edgecqrs consume`, stopped by signal.
@@ -119,27 +97,37 @@ int run(const std::string& args, const std::string& out = "/dev/null",
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
+// A running private broker, a master database whose item table holds rows 1..rows (name
+// 'name <i>', qty i), an empty replica database and the path of its config.
+struct consume_setup {
+  edgecqrs::test::temp_dir d{"clib"};
+  edgecqrs::test::mosquitto_broker broker;
+  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"),
+                    cfg = d.file("replica.toml");
+
+  explicit consume_setup(int rows) {
+    REQUIRE_MESSAGE(broker.start(), broker.error());
+    master_change(mdb,
+                  "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<" +
+                      std::to_string(rows) + ") INSERT INTO item SELECT i, 'name ' || i, i FROM n",
+                  test::item_ddl);
+    test::exec_file(rdb, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
+  }
+  // The replica's config: replica `name` on the replica database (`replica_extra`: more keys of
+  // [replica]), MQTT 5 on the broker, stream "item".
+  void write_config(const std::string& name, const std::string& replica_extra = "") const {
+    std::ofstream(cfg) << "[replica]\nname = \"" << name << "\"\ndatabase = \"" << rdb << "\"\n"
+                       << replica_extra << "[broker]\nurl = \"" << broker.uri()
+                       << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+  }
+};
+
 }  // namespace
 
 TEST_CASE("consume applies, stops cleanly on SIGTERM and SIGINT, and catches up after a restart") {
-  edgecqrs::test::temp_dir d("clib");
-  edgecqrs::test::mosquitto_broker broker;
-  REQUIRE_MESSAGE(broker.start(), broker.error());
-  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"),
-                    cfg = d.file("replica.toml");
-  master_write(mdb,
-               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<2000) "
-               "INSERT INTO item SELECT i, 'name ' || i, i FROM n",
-               true);
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(rdb.c_str(), &db) == SQLITE_OK);
-    exec_sql(db, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
-    sqlite3_close(db);
-  }
-  std::ofstream(cfg) << "[replica]\nname = \"gw1\"\ndatabase = \"" << rdb
-                     << "\"\n[broker]\nurl = \"" << broker.uri()
-                     << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+  consume_setup setup(2000);
+  auto& [d, broker, mdb, rdb, cfg] = setup;
+  setup.write_config("gw1");
 
   auto d1 = std::make_unique<consume_proc>(cfg, d.file("consume1.err"));
   REQUIRE_MESSAGE(wait_for([&] { return d1->log_has("replica 'gw1' on"); }),
@@ -160,7 +148,7 @@ TEST_CASE("consume applies, stops cleanly on SIGTERM and SIGINT, and catches up 
   CHECK(d1->log_has("stopped (SIGTERM)"));
 
   // Changes while the daemon is down are kept by the broker for its persistent session.
-  master_write(mdb, "UPDATE item SET qty = -1 WHERE id <= 10", false);
+  master_change(mdb, "UPDATE item SET qty = -1 WHERE id <= 10");
   REQUIRE(run("-q sync --db '" + mdb + "' -c item --where '0' --broker " + broker.uri()) == 0);
   auto d2 = std::make_unique<consume_proc>(cfg, d.file("consume2.err"));
   CHECK(wait_for([&] { return count_of(rdb, "SELECT count(*) FROM item WHERE qty = -1") == 10; }));
@@ -185,27 +173,12 @@ TEST_CASE("consume and sync: a bad config or a missing database fails with a nam
 }
 
 TEST_CASE("consume with two workers sharing the event subscription") {
-  edgecqrs::test::temp_dir d("clib");
-  edgecqrs::test::mosquitto_broker broker;
-  REQUIRE_MESSAGE(broker.start(), broker.error());
-  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"),
-                    cfg = d.file("replica.toml");
-  master_write(mdb,
-               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<3000) "
-               "INSERT INTO item SELECT i, 'name ' || i, i FROM n",
-               true);
+  consume_setup setup(3000);
+  auto& [d, broker, mdb, rdb, cfg] = setup;
   // Many small transactions: many messages for the broker to spread over the two workers.
   for (int k = 0; k < 20; ++k)
-    master_write(mdb, "UPDATE item SET qty = qty + 1 WHERE id % 20 = " + std::to_string(k), false);
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(rdb.c_str(), &db) == SQLITE_OK);
-    exec_sql(db, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
-    sqlite3_close(db);
-  }
-  std::ofstream(cfg) << "[replica]\nname = \"gw2\"\ndatabase = \"" << rdb
-                     << "\"\nworkers = 2\n[broker]\nurl = \"" << broker.uri()
-                     << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+    master_change(mdb, "UPDATE item SET qty = qty + 1 WHERE id % 20 = " + std::to_string(k));
+  setup.write_config("gw2", "workers = 2\n");
   auto c = std::make_unique<consume_proc>(cfg, d.file("consume.err"));
   REQUIRE_MESSAGE(wait_for([&] { return c->log_has("2 worker(s)"); }),
                   edgecqrs::test::read_file(c->err_file));
@@ -238,24 +211,9 @@ TEST_CASE(
   CHECK(words[1] == "consume");
   CHECK(words.back() == "--quiet");  // the case that made the unit loop (CLI exit 109)
 
-  edgecqrs::test::temp_dir d("clib");
-  edgecqrs::test::mosquitto_broker broker;
-  REQUIRE_MESSAGE(broker.start(), broker.error());
-  const std::string mdb = d.file("master.db"), rdb = d.file("replica.db"),
-                    cfg = d.file("replica.toml");
-  master_write(mdb,
-               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<100) "
-               "INSERT INTO item SELECT i, 'name ' || i, i FROM n",
-               true);
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(rdb.c_str(), &db) == SQLITE_OK);
-    exec_sql(db, "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
-    sqlite3_close(db);
-  }
-  std::ofstream(cfg) << "[replica]\nname = \"gw1\"\ndatabase = \"" << rdb
-                     << "\"\n[broker]\nurl = \"" << broker.uri()
-                     << "\"\nmqtt_version = 5\n[[table]]\ncqrs_id = \"item\"\n";
+  consume_setup setup(100);
+  auto& [d, broker, mdb, rdb, cfg] = setup;
+  setup.write_config("gw1");
   std::string args;
   for (std::size_t i = 1; i < words.size(); ++i) {
     args += ' ';

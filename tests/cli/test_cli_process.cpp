@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_test_util.hpp"
 #include "edgecqrs/cbor_seq.hpp"
 #include "edgecqrs/master.hpp"
 #include "edgecqrs/ports/loopback.hpp"
@@ -20,6 +21,9 @@
 #include "test_support.hpp"
 
 using namespace edgecqrs;
+using edgecqrs::test::exec_sql;
+using edgecqrs::test::master_change;
+using edgecqrs::test::quiet_master;
 
 namespace {
 
@@ -50,34 +54,17 @@ int sh(const std::string& line) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-void exec_sql(sqlite3* db, const std::string& sql) {
-  char* err = nullptr;
-  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
-  INFO(sql << ": " << (err ? err : ""));
-  REQUIRE(rc == SQLITE_OK);
-  sqlite3_free(err);
-}
-
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary);
   f << text;
-}
-
-master_config quiet_master() {
-  master_config c;
-  c.heartbeat_interval_ms = 0;  // no heartbeats: the replicas here see only what the tests send
-  return c;
 }
 
 // A master database with table item(id, name, qty) holding rows 1..n.
 void make_master(const std::string& path, int n) {
   std::unique_ptr<master> m;
   REQUIRE_FALSE(master::open(path, quiet_master(), nullptr, m));
-  exec_sql(m->db(), "CREATE TABLE item(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)");
-  table_options o;
-  o.table = "item";
-  o.cqrs_id = "item";
-  REQUIRE_FALSE(m->register_table(o));
+  exec_sql(m->db(), test::item_ddl);
+  REQUIRE_FALSE(m->register_table(test::stream_of("item")));
   // Several transactions, as an application writes.
   for (int from = 1; from <= n; from += 1000) {
     REQUIRE_FALSE(m->transaction([&](sqlite3* db) {
@@ -89,26 +76,9 @@ void make_master(const std::string& path, int n) {
   }
 }
 
-// Runs a change on the master database through the library (versions bump, events queued).
-void master_change(const std::string& path, const std::string& sql) {
-  std::unique_ptr<master> m;
-  REQUIRE_FALSE(master::open(path, quiet_master(), nullptr, m));
-  table_options o;
-  o.table = "item";
-  o.cqrs_id = "item";
-  REQUIRE_FALSE(m->register_table(o));
-  REQUIRE_FALSE(m->transaction([&](sqlite3* db) {
-    exec_sql(db, sql);
-    return std::error_code{};
-  }));
-}
-
 // An empty replica database with its local table (remote "name" lands in "label").
 void make_replica(const std::string& path) {
-  sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-  exec_sql(db, "CREATE TABLE stock(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER)");
-  sqlite3_close(db);
+  test::exec_file(path, "CREATE TABLE stock(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER)");
 }
 
 std::string config_text(const std::string& db) {
@@ -403,10 +373,7 @@ TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and 
     auto mc = broker.make_client("master");
     std::unique_ptr<master> m;
     REQUIRE_FALSE(master::open(w.mdb, quiet_master(), mc.get(), m));
-    table_options o;
-    o.table = "item";
-    o.cqrs_id = "item";
-    REQUIRE_FALSE(m->register_table(o));
+    REQUIRE_FALSE(m->register_table(test::stream_of("item")));
     for (int i = 0; i < 100 && m->stats().records_pending; ++i) {
       REQUIRE_FALSE(m->poll());
       broker.pump_all();
@@ -446,10 +413,7 @@ TEST_CASE("diff pipeline repairs a replica whose rows were changed, deleted and 
     auto rc = broker.make_client("gw1");
     std::unique_ptr<master> m;
     REQUIRE_FALSE(master::open(w.mdb, quiet_master(), mc.get(), m));
-    table_options o;
-    o.table = "item";
-    o.cqrs_id = "item";
-    REQUIRE_FALSE(m->register_table(o));
+    REQUIRE_FALSE(m->register_table(test::stream_of("item")));
     replica_options ro;
     ro.name = "gw1";
     std::unique_ptr<replica> rep;

@@ -81,10 +81,7 @@ struct device {
     master_config cfg;
     cfg.heartbeat_interval_ms = 500;
     REQUIRE_FALSE(master::attach(db, cfg, client.get(), m, clk));
-    table_options o;
-    o.table = "items";
-    o.cqrs_id = "items";
-    REQUIRE_FALSE(m->register_table(o));
+    REQUIRE_FALSE(m->register_table(stream_of("items")));
   }
   // The power goes: nothing more reaches the disk; the process dies with it.
   void power_cut(lossy_vfs& vfs) {
@@ -115,11 +112,7 @@ struct dashboard {
   std::unique_ptr<replica> r;
 
   void create() {
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(path.c_str(), &rdb) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(rdb, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)",
-                         nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(rdb);
+    exec_file(path, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
   }
   void boot(loopback::broker& broker, fake_clock& clk) {
     sub = broker.make_client("replica", 64);
@@ -129,14 +122,34 @@ struct dashboard {
     ro.request_backoff_initial_ms = 100;
     ro.request_backoff_max_ms = 1000;
     REQUIRE_FALSE(replica::open(path, ro, r));
-    replica_table_options rt;
-    rt.local_table = "items";
-    REQUIRE_FALSE(r->register_table("items", rt));
+    REQUIRE_FALSE(r->register_table("items", into_table("items")));
     REQUIRE_FALSE(r->attach(*sub));
   }
   void shutdown() {
     r.reset();
     sub.reset();
+  }
+};
+
+// One seeded run: the lossy VFS (registered before any database opens), the master device
+// booted on dir/master.db, the replica's database dir/replica.db created (the replica not
+// started yet), over a loopback broker seeded with EDGECQRS_SEED or `default_seed`.
+struct seeded_run {
+  lossy_vfs vfs;
+  temp_dir dir;
+  const std::uint64_t seed;
+  std::mt19937_64 rng;
+  fake_clock clk;
+  loopback::broker broker;
+  device dev;
+  dashboard d;
+
+  seeded_run(const char* tag, std::uint64_t default_seed)
+      : dir(tag), seed(seed_or(default_seed)), rng(seed), broker(seed, &clk) {
+    dev.path = dir.file("master.db");
+    dev.boot(broker, clk);
+    d.path = dir.file("replica.db");
+    d.create();
   }
 };
 
@@ -180,22 +193,12 @@ bool drain(device& dev, loopback::broker& broker, dashboard& d, fake_clock& clk)
 }  // namespace
 
 TEST_CASE("power cut on the master: a replica never keeps a change the cut undid, and converges") {
-  lossy_vfs vfs;
-  temp_dir dir("power");
-  const std::uint64_t seed = seed_or(7);
-  std::mt19937_64 rng(seed);
-  fake_clock clk;
-  loopback::broker broker(seed, &clk);
-  device dev;
-  dev.path = dir.file("master.db");
-  dev.boot(broker, clk);
+  seeded_run run("power", 7);
+  auto& [vfs, dir, seed, rng, clk, broker, dev, d] = run;
   // The device was installed long ago: its schema is on disk.
   REQUIRE(sqlite3_exec(dev.db, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr) ==
           SQLITE_OK);
 
-  dashboard d;
-  d.path = dir.file("replica.db");
-  d.create();
   d.boot(broker, clk);
 
   auto write = [&](int n) {
@@ -233,7 +236,8 @@ TEST_CASE("power cut on the master: a replica never keeps a change the cut undid
     INFO("cut " << c << ": head before " << head_before << ", after " << head_after
                 << ", replica checkpoint " << ss.checkpoint);
     CHECK(ss.checkpoint <= head_after);
-    if (ss.checkpoint > head_after) max_replica_ahead = std::max(max_replica_ahead, ss.checkpoint - head_after);
+    if (ss.checkpoint > head_after)
+      max_replica_ahead = std::max(max_replica_ahead, ss.checkpoint - head_after);
     undone_unpublished += head_before - head_after;
   }
 
@@ -268,25 +272,16 @@ TEST_CASE("power cut: with master::open every commit that returned survives, wit
   loopback::broker broker(3, &clk);
   std::int64_t returned = 0;
   std::uint64_t head = 0;
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(db, "CREATE TABLE readings(id INTEGER PRIMARY KEY, v REAL)", nullptr,
-                         nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(db);
-  }
+  exec_file(path, "CREATE TABLE readings(id INTEGER PRIMARY KEY, v REAL)");
   for (int boot = 0; boot < 3; ++boot) {
     auto client = broker.make_client("master", 64);
     std::unique_ptr<master> m;
     REQUIRE_FALSE(master::open(path, master_config{}, client.get(), m, clk));
-    table_options o;
-    o.table = "readings";
-    o.cqrs_id = "readings";
-    REQUIRE_FALSE(m->register_table(o));
+    REQUIRE_FALSE(m->register_table(stream_of("readings")));
     CHECK(m->head_seq("readings") == head);  // every event of every returned commit is there
     for (int i = 0; i < 50; ++i) {
-      REQUIRE_FALSE(
-          m->transaction([](sqlite3* c) { return run_sql(c, "INSERT INTO readings(v) VALUES(1.5)"); }));
+      REQUIRE_FALSE(m->transaction(
+          [](sqlite3* c) { return run_sql(c, "INSERT INTO readings(v) VALUES(1.5)"); }));
       ++returned;
     }
     head = m->head_seq("readings");
@@ -304,28 +299,13 @@ TEST_CASE("power cut: with master::open every commit that returned survives, wit
 }
 
 TEST_CASE("power cut on the replica: what the cut undid is repaired from the master") {
-  lossy_vfs vfs;
-  temp_dir dir("power-replica");
-  const std::uint64_t seed = seed_or(11);
-  std::mt19937_64 rng(seed);
-  fake_clock clk;
-  loopback::broker broker(seed, &clk);
   // The master is on a disk that never loses power here (its path is never cut).
-  device dev;
-  dev.path = dir.file("master.db");
-  dev.boot(broker, clk);
+  seeded_run run("power-replica", 11);
+  auto& [vfs, dir, seed, rng, clk, broker, dev, d] = run;
 
-  dashboard d;
-  d.path = dir.file("replica.db");
-  d.create();
   d.boot(broker, clk);
-  {  // installed long ago: the replica's schema is on disk
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(d.path.c_str(), &rdb) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(rdb, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr) ==
-            SQLITE_OK);
-    sqlite3_close(rdb);
-  }
+  // Installed long ago: the replica's schema is on disk.
+  exec_file(d.path, "PRAGMA wal_checkpoint(TRUNCATE)");
 
   std::uint64_t committed = 0, gaps_repaired = 0, resyncs = 0, applied = 0;
   const int cuts = cuts_from_env();

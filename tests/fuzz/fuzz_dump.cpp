@@ -8,6 +8,8 @@
 // the reader's buffer stays bounded; the replica keeps
 // working (a valid sync event applies afterwards, never failing for a database reason).
 #include <sqlite3.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -17,19 +19,12 @@
 #include <string>
 #include <vector>
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include "common.hpp"
-#include "edgecqrs/clock.hpp"
 #include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
-#include "edgecqrs/event.hpp"
-#include "edgecqrs/replica.hpp"
+#include "items_replica.hpp"
 
 namespace {
-
-using bytes = std::vector<std::uint8_t>;
 
 [[noreturn]] void fail(const char* what) {
   std::fprintf(stderr, "fuzz_dump: %s\n", what);
@@ -39,49 +34,15 @@ using bytes = std::vector<std::uint8_t>;
 // The item bound of the reader: small, so inputs of a few KiB reach the "too large" path.
 constexpr std::size_t max_item = 1024;
 
-bytes encode(const edgecqrs::message& m) {
-  std::size_t n = 0;
-  if (edgecqrs::encode_message(m, nullptr, 0, n)) fail("encode probe");
-  bytes b(n);
-  if (edgecqrs::encode_message(m, b.data(), b.size(), n)) fail("encode probe");
-  return b;
-}
-
-struct state {
-  sqlite3* db = nullptr;
-  edgecqrs::fake_clock clk;
-  std::unique_ptr<edgecqrs::replica> r;
-  std::int64_t probes = 0;
-  state() {
-    if (sqlite3_open(":memory:", &db) != SQLITE_OK) std::abort();
-    sqlite3_exec(db, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)",
-                 nullptr, nullptr, nullptr);
-    edgecqrs::replica_options ro;
-    ro.name = "gw1";
-    ro.time = &clk;
-    ro.max_dead_letters = 64;
-    ro.max_pending_retries = 64;
-    if (edgecqrs::replica::open(db, ro, r)) std::abort();
-    edgecqrs::replica_table_options t;
-    t.local_table = "items";
-    if (r->register_table("items", t)) std::abort();
-  }
+struct state : edgecqrs::fuzz::items_replica {
   // A sync event of the schema the dump carried (when it was accepted) must apply or be
   // refused for a reason of its own, never for a database failure.
   void probe(std::uint32_t tag) {
-    edgecqrs::message m;
-    m.schema_tag = tag;
+    edgecqrs::message m = next_probe(tag);
     m.target = "gw1";
-    edgecqrs::event e;
-    e.kind = edgecqrs::event_kind::sync;
-    e.row_version = static_cast<std::uint64_t>(++probes);
-    e.updated_ms = 1763800000000;
-    e.values = {edgecqrs::value::integer(1000000 + probes % 1000), edgecqrs::value::text("p"),
-                edgecqrs::value::integer(1)};
-    m.events.push_back(e);
-    const auto b = encode(m);
-    const auto ec = r->on_message("edgecqrs/v1/d/gw1/items", b.data(), b.size());
-    if (ec == edgecqrs::errc::apply_failed || ec == edgecqrs::errc::sqlite_error)
+    const auto b = edgecqrs::test::encode(m);
+    if (b.empty()) fail("encode probe");
+    if (database_failure(r->on_message("edgecqrs/v1/d/gw1/items", b.data(), b.size())))
       fail("a valid sync event failed for a database reason after a dump");
   }
 };
@@ -138,7 +99,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       continue;
     }
     edgecqrs::message m;
-    if (edgecqrs::decode_message(item, len, m)) continue;    // skipped, counted as bad
+    if (edgecqrs::decode_message(item, len, m)) continue;   // skipped, counted as bad
     if (m.first_seq != 0 || m.schema_tag != tag) continue;  // not a sync of the dump's schema
     (void)st->r->on_message(direct_topic, item, len);
   }

@@ -1,11 +1,13 @@
 // Loopback broker: routing, retained messages, shared subscriptions, faults, determinism.
 #include <doctest/doctest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/ports/loopback.hpp"
+#include "test_support.hpp"
 
 using namespace edgecqrs;
 
@@ -32,30 +34,37 @@ struct inbox {
   }
 };
 
+// A publisher "p" and a subscriber "s" on one broker, "s" subscribed to `filter` into `in`.
+struct pub_sub {
+  pub_sub(loopback::broker& b, const std::string& filter, std::size_t p_window = 32)
+      : p(b.make_client("p", p_window)), s(b.make_client("s")) {
+    REQUIRE_FALSE(s->subscribe(filter, in.cb()));
+  }
+  std::unique_ptr<loopback::client> p;
+  std::unique_ptr<loopback::client> s;
+  inbox in;
+};
+
 }  // namespace
 
 TEST_CASE("topic filters match like MQTT") {
-  using loopback::topic_matches;
-  CHECK(topic_matches("a/b", "a/b"));
-  CHECK_FALSE(topic_matches("a/b", "a/c"));
-  CHECK(topic_matches("a/+/c", "a/x/c"));
-  CHECK_FALSE(topic_matches("a/+/c", "a/x/y/c"));
-  CHECK(topic_matches("a/#", "a/x/y"));
-  CHECK(topic_matches("a/#", "a"));
-  CHECK(topic_matches("#", "a/b"));
-  CHECK_FALSE(topic_matches("#", "$SYS/x"));
-  CHECK_FALSE(topic_matches("a/b", "a/b/c"));
-  CHECK_FALSE(topic_matches("a/b/c", "a/b"));
-  CHECK(topic_matches("+", "a"));
-  CHECK_FALSE(topic_matches("+", "a/b"));
+  const test::topic_case rows[] = {
+      {"a/b", "a/b", true},        {"a/b", "a/c", false},  {"a/+/c", "a/x/c", true},
+      {"a/+/c", "a/x/y/c", false}, {"a/#", "a/x/y", true}, {"a/#", "a", true},
+      {"#", "a/b", true},          {"#", "$SYS/x", false}, {"a/b", "a/b/c", false},
+      {"a/b/c", "a/b", false},     {"+", "a", true},       {"+", "a/b", false},
+  };
+  for (const auto& r : rows) {
+    CAPTURE(r.filter);
+    CAPTURE(r.topic);
+    CHECK(loopback::topic_matches(r.filter, r.topic) == r.match);
+  }
 }
 
 TEST_CASE("nothing moves until pump, acks after delivery") {
   loopback::broker b;
-  auto p = b.make_client("p");
-  auto s = b.make_client("s");
-  inbox in;
-  REQUIRE_FALSE(s->subscribe("t/#", in.cb()));
+  pub_sub ps(b, "t/#");
+  auto& [p, s, in] = ps;
   std::vector<std::error_code> acks;
   REQUIRE_FALSE(pub(*p, "t/1", "one", &acks));
   REQUIRE_FALSE(pub(*p, "u/1", "other", &acks));
@@ -119,10 +128,8 @@ TEST_CASE("shared subscriptions deliver each message to one member, round robin"
 
 TEST_CASE("commanded faults: drop, duplicate, failed ack") {
   loopback::broker b;
-  auto p = b.make_client("p");
-  auto s = b.make_client("s");
-  inbox in;
-  REQUIRE_FALSE(s->subscribe("t", in.cb()));
+  pub_sub ps(b, "t");
+  auto& [p, s, in] = ps;
   std::vector<std::error_code> acks;
   b.drop_next(1);
   REQUIRE_FALSE(pub(*p, "t", "lost", &acks));
@@ -148,10 +155,8 @@ TEST_CASE("commanded faults: drop, duplicate, failed ack") {
 
 TEST_CASE("disconnect fails queued publishes and refuses new ones until reconnect") {
   loopback::broker b;
-  auto p = b.make_client("p");
-  auto s = b.make_client("s");
-  inbox in;
-  REQUIRE_FALSE(s->subscribe("t", in.cb()));
+  pub_sub ps(b, "t");
+  auto& [p, s, in] = ps;
   std::vector<std::error_code> acks;
   REQUIRE_FALSE(pub(*p, "t", "a", &acks));
   b.disconnect(*p);
@@ -174,10 +179,8 @@ TEST_CASE("delay holds messages until the clock passes") {
   loopback::faults f;
   f.delay_ms = 100;
   b.set_faults(f);
-  auto p = b.make_client("p");
-  auto s = b.make_client("s");
-  inbox in;
-  REQUIRE_FALSE(s->subscribe("t", in.cb()));
+  pub_sub ps(b, "t");
+  auto& [p, s, in] = ps;
   REQUIRE_FALSE(pub(*p, "t", "late"));
   CHECK(b.pump_all() == 0);
   clk.advance(99);
@@ -195,10 +198,8 @@ TEST_CASE("random faults are deterministic for a seed and reorder happens") {
     f.duplicate = 0.1;
     f.reorder = 0.3;
     b.set_faults(f);
-    auto p = b.make_client("p", 1000);
-    auto s = b.make_client("s");
-    inbox in;
-    REQUIRE_FALSE(s->subscribe("t", in.cb()));
+    pub_sub ps(b, "t", 1000);
+    auto& [p, s, in] = ps;
     for (int i = 0; i < 200; ++i) REQUIRE_FALSE(pub(*p, "t", std::to_string(i)));
     b.pump_all();
     return in.got;
@@ -216,10 +217,8 @@ TEST_CASE("random faults are deterministic for a seed and reorder happens") {
 
 TEST_CASE("a callback may publish during pump (no deadlock)") {
   loopback::broker b;
-  auto p = b.make_client("p");
-  auto s = b.make_client("s");
-  inbox in;
-  REQUIRE_FALSE(s->subscribe("reply", in.cb()));
+  pub_sub ps(b, "reply");
+  auto& [p, s, in] = ps;
   REQUIRE_FALSE(p->subscribe("ask", [&](const incoming_message&) { pub(*p, "reply", "pong"); }));
   REQUIRE_FALSE(pub(*s, "ask", "ping"));
   b.pump_all();

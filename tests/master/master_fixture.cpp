@@ -38,6 +38,11 @@ void master_fixture::sql(const std::string& s) {
   REQUIRE_MESSAGE(rc == SQLITE_OK, s << ": " << msg);
 }
 
+void master_fixture::add_table(const std::string& create_sql, const table_options& o) {
+  sql(create_sql);
+  REQUIRE_FALSE(m->register_table(o));
+}
+
 std::error_code master_fixture::txn(const std::string& s) {
   return m->transaction([&](sqlite3* d) -> std::error_code {
     char* err = nullptr;

@@ -28,6 +28,9 @@ class master_fixture {
 
   // Runs SQL on the connection; fails the test on error.
   void sql(const std::string& s);
+  // Runs `create_sql` (fails the test on error) and registers the table of `o` (requires
+  // success).
+  void add_table(const std::string& create_sql, const table_options& o);
   // Runs SQL inside master.transaction(); returns its result.
   std::error_code txn(const std::string& s);
   // Polls the master and pumps the broker until quiet.

@@ -20,14 +20,11 @@ namespace {
 struct pub_fixture : master_fixture {
   explicit pub_fixture(master_config cfg = {}, const std::string& path = ":memory:")
       : master_fixture(cfg, path) {
-    sql("CREATE TABLE t(id INTEGER PRIMARY KEY, x INTEGER)");
-    table_options o;
-    o.table = "t";
-    o.cqrs_id = "t";
-    REQUIRE_FALSE(m->register_table(o));
+    add_table("CREATE TABLE t(id INTEGER PRIMARY KEY, x INTEGER)", stream_of("t"));
   }
   void insert(int id) {
-    REQUIRE_FALSE(txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
+    REQUIRE_FALSE(
+        txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
   }
   void control(control_op op, const std::string& replica, std::uint64_t from = 0,
                std::uint64_t to = 0) {
@@ -194,7 +191,8 @@ TEST_CASE("schema message is retained with the incarnation and tag") {
   std::string payload;
   REQUIRE(f.broker.retained(schema_topic(default_topic_prefix, "t"), payload));
   schema s;
-  REQUIRE_FALSE(decode_schema(reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size(), s));
+  REQUIRE_FALSE(
+      decode_schema(reinterpret_cast<const std::uint8_t*>(payload.data()), payload.size(), s));
   schema mine;
   REQUIRE(f.m->schema_of("t", mine));
   CHECK(s.cqrs_id == "t");
@@ -222,10 +220,7 @@ TEST_CASE("incarnation persists across reopen of the same database") {
     f.insert(1);
   }
   master_fixture g({}, d.file("m.db"));
-  table_options o;
-  o.table = "t";
-  o.cqrs_id = "t";
-  REQUIRE_FALSE(g.m->register_table(o));
+  REQUIRE_FALSE(g.m->register_table(stream_of("t")));
   schema s;
   REQUIRE(g.m->schema_of("t", s));
   CHECK(s.incarnation == first);
@@ -304,8 +299,9 @@ TEST_CASE("control resync of a large table is split into parts, last marked") {
   master_config cfg;
   cfg.max_record_events = 10;
   pub_fixture f(cfg);
-  REQUIRE_FALSE(f.txn("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<25) "
-                      "INSERT INTO t SELECT i, i FROM c"));
+  REQUIRE_FALSE(
+      f.txn("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<25) "
+            "INSERT INTO t SELECT i, i FROM c"));
   f.drain();
   f.clear();
   f.control(control_op::resync, "r3");

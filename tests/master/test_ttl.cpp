@@ -2,7 +2,6 @@
 // MQTT 5 expiry interval = the time left, rounded up; heartbeats, schema and direct messages
 // never expire; a replica dead-letters what arrives expired and re-syncs on its own.
 #include <doctest/doctest.h>
-
 #include <sqlite3.h>
 
 #include <memory>
@@ -13,6 +12,7 @@
 #include "edgecqrs/names.hpp"
 #include "edgecqrs/replica.hpp"
 #include "master_fixture.hpp"
+#include "test_support.hpp"
 
 using namespace edgecqrs;
 using namespace edgecqrs::test;
@@ -56,16 +56,13 @@ master_config ttl_config(std::int64_t ttl_ms) {
 struct ttl_fixture : master_fixture {
   explicit ttl_fixture(master_config cfg) : master_fixture(cfg), rec(*pub_client) {
     m->set_transport(&rec);
-    sql("CREATE TABLE t(id INTEGER PRIMARY KEY, x INTEGER)");
-    table_options o;
-    o.table = "t";
-    o.cqrs_id = "t";
-    REQUIRE_FALSE(m->register_table(o));
+    add_table("CREATE TABLE t(id INTEGER PRIMARY KEY, x INTEGER)", stream_of("t"));
   }
   // The master unsubscribes from its transport when destroyed: before `rec` goes.
   ~ttl_fixture() { m.reset(); }
   void insert(int id) {
-    REQUIRE_FALSE(txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
+    REQUIRE_FALSE(
+        txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
   }
   // Options of the publishes on `topic`, in order.
   std::vector<publish_options> opts_on(const std::string& topic) const {
@@ -217,9 +214,7 @@ TEST_CASE("ttl: a replica dead-letters expired events and re-syncs on its own to
   ro.time = &f.clk;
   std::unique_ptr<replica> r;
   REQUIRE_FALSE(replica::open(rdb, ro, r));
-  replica_table_options to;
-  to.local_table = "t";
-  REQUIRE_FALSE(r->register_table("t", to));
+  REQUIRE_FALSE(r->register_table("t", into_table("t")));
   REQUIRE_FALSE(r->attach(*rclient));
   auto rows = [&]() {
     sqlite3_stmt* q = nullptr;

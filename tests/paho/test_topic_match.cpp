@@ -2,16 +2,12 @@
 #include <doctest/doctest.h>
 
 #include "edgecqrs/ports/paho.hpp"
+#include "test_support.hpp"
 
 using edgecqrs::ports::paho_transport;
 
 TEST_CASE("topic filters match by MQTT rules") {
-  struct row {
-    const char* filter;
-    const char* topic;
-    bool match;
-  };
-  const row rows[] = {
+  const edgecqrs::test::topic_case rows[] = {
       {"a/b", "a/b", true},
       {"a/b", "a/c", false},
       {"a/b", "a/b/c", false},

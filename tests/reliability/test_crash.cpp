@@ -15,10 +15,23 @@ using namespace std::chrono_literals;
 using rel::figures;
 using rel::scenario;
 
+namespace {
+
+// Random fault instants: sleeps of a uniform number of milliseconds in [lo_ms, hi_ms], drawn
+// from the run's seed (rel::seed() + seed_offset).
+struct random_instants {
+  std::mt19937_64 rng;
+  std::uniform_int_distribution<int> ms;
+  random_instants(std::uint64_t seed_offset, int lo_ms, int hi_ms)
+      : rng(rel::seed() + seed_offset), ms(lo_ms, hi_ms) {}
+  void sleep() { std::this_thread::sleep_for(std::chrono::milliseconds(ms(rng))); }
+};
+
+}  // namespace
+
 TEST_CASE("a: master killed with SIGKILL at random instants during a write loop") {
   const int kills = rel::fault_count(10, 50);
-  std::mt19937_64 rng(rel::seed());
-  std::uniform_int_distribution<int> instant_ms(150, 900);
+  random_instants at(0, 150, 900);
   scenario s;
   s.start_broker();
   auto replica = s.start_replica("rep-a");
@@ -26,7 +39,7 @@ TEST_CASE("a: master killed with SIGKILL at random instants during a write loop"
   for (int i = 0; i < kills; ++i) {
     // Effectively endless: 1 ms between transactions of 7 rows, killed long before the end.
     auto m = s.start_master({"--rows", "1000000", "--batch", "7", "--pace-ms", "1"}, "kill");
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     REQUIRE_MESSAGE(m->running(), s.log("kill"));
     scenario::kill9(*m);
   }
@@ -42,21 +55,23 @@ TEST_CASE("a: master killed with SIGKILL at random instants during a write loop"
 
 TEST_CASE("b: replica killed with SIGKILL mid-batch and restarted") {
   const int kills = rel::fault_count(5, 20);
-  std::mt19937_64 rng(rel::seed() + 1);
-  std::uniform_int_distribution<int> instant_ms(200, 800);
+  random_instants at(1, 200, 800);
   scenario s;
   s.start_broker();
   auto replica = s.start_replica("rep-b");
   figures f;
-  // Batches of 50 rows every 20 ms (about 6 s of writing): the replica is always in the middle of one.
+  // Batches of 50 rows every 20 ms (about 6 s of writing): the replica is always in the middle of
+  // one.
   auto m = s.start_writer(kills * 3000LL, 50, 20);
   for (int i = 0; i < kills; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     scenario::kill9(*replica);
     replica = s.start_replica("rep-b");
   }
   s.finish_writer(*m, *replica, "rep-b", f, 120s);
-  std::printf("[reliability] replica SIGKILL: %d kills (applied/duplicates: last, graceful replica run)\n", kills);
+  std::printf(
+      "[reliability] replica SIGKILL: %d kills (applied/duplicates: last, graceful replica run)\n",
+      kills);
   scenario::report(f, "replica SIGKILL");
 }
 
@@ -64,8 +79,7 @@ namespace {
 
 void broker_restarts(bool persistence) {
   const int restarts = rel::fault_count(3, 10);
-  std::mt19937_64 rng(rel::seed() + (persistence ? 2 : 3));
-  std::uniform_int_distribution<int> instant_ms(300, 1200);
+  random_instants at(persistence ? 2 : 3, 300, 1200);
   edgecqrs::test::broker_options o;
   o.persistence = persistence;
   scenario s(o);
@@ -74,14 +88,15 @@ void broker_restarts(bool persistence) {
   figures f;
   auto m = s.start_writer(restarts * 1500LL, 10, 10);
   for (int i = 0; i < restarts; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     s.broker().stop();
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     REQUIRE_MESSAGE(s.broker().restart(persistence), s.broker().error());
   }
   s.finish_writer(*m, *replica, "rep-c", f, 180s);
   std::printf("[reliability] %d broker restarts\n", restarts);
-  scenario::report(f, persistence ? "broker restart (persistence on)" : "broker restart (persistence off)");
+  scenario::report(
+      f, persistence ? "broker restart (persistence on)" : "broker restart (persistence off)");
 }
 
 }  // namespace
@@ -96,8 +111,7 @@ TEST_CASE("c2: broker stopped and restarted during a stream, persistence off (ga
 
 TEST_CASE("d: fault-injecting proxy stalls, cuts and half-closes connections") {
   const int rounds = rel::fault_count(2, 10);
-  std::mt19937_64 rng(rel::seed() + 4);
-  std::uniform_int_distribution<int> instant_ms(300, 900);
+  random_instants at(4, 300, 900);
   scenario s;
   s.start_broker();
   rel::fault_proxy proxy(s.broker().port());
@@ -107,20 +121,21 @@ TEST_CASE("d: fault-injecting proxy stalls, cuts and half-closes connections") {
   figures f;
   auto m = s.start_writer(rounds * 3000LL, 10, 5);
   for (int i = 0; i < rounds; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     proxy.stall(true);  // a partition: sockets open, nothing moves
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     proxy.stall(false);
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     proxy.cut();  // RST both ways
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     proxy.half_close();  // FIN towards both ends
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     proxy.refuse(true);  // reconnects fail for a while
-    std::this_thread::sleep_for(std::chrono::milliseconds(instant_ms(rng)));
+    at.sleep();
     proxy.refuse(false);
   }
   s.finish_writer(*m, *replica, "rep-d", f, 180s);
-  std::printf("[reliability] fault proxy: %d rounds, %llu proxied connections\n", rounds, proxy.connections());
+  std::printf("[reliability] fault proxy: %d rounds, %llu proxied connections\n", rounds,
+              proxy.connections());
   scenario::report(f, "fault proxy");
 }

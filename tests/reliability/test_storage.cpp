@@ -84,25 +84,15 @@ struct writer_lock {
 class rig {
  public:
   explicit rig(bool replica_owns_db = false) : broker_(7, &clk_) {
-    {
-      sqlite3* db = nullptr;
-      REQUIRE(sqlite3_open(mpath().c_str(), &db) == SQLITE_OK);
-      REQUIRE(sqlite3_exec(db, ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
-      sqlite3_close(db);
-      REQUIRE(sqlite3_open(rpath().c_str(), &db) == SQLITE_OK);
-      REQUIRE(sqlite3_exec(db, ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
-      sqlite3_close(db);
-    }
+    test::exec_file(mpath(), ddl);
+    test::exec_file(rpath(), ddl);
     pub_ = broker_.make_client("master", 64);
     master_config cfg;
     cfg.heartbeat_interval_ms = 500;
     cfg.backoff_initial_ms = 50;
     cfg.backoff_max_ms = 400;
     REQUIRE_FALSE(master::open(mpath(), cfg, pub_.get(), m_, clk_));
-    table_options t;
-    t.table = "items";
-    t.cqrs_id = "items";
-    REQUIRE_FALSE(m_->register_table(t));
+    REQUIRE_FALSE(m_->register_table(test::stream_of("items")));
     owns_ = replica_owns_db;
     start_replica();
   }
@@ -142,9 +132,7 @@ class rig {
       sqlite3_exec(rdb_, "PRAGMA journal_mode=WAL", nullptr, nullptr, nullptr);
       REQUIRE_FALSE(replica::open(rdb_, ro, r_));
     }
-    replica_table_options items;
-    items.local_table = "items";
-    REQUIRE_FALSE(r_->register_table("items", items));
+    REQUIRE_FALSE(r_->register_table("items", test::into_table("items")));
     REQUIRE_FALSE(r_->attach(*sub_));
   }
 
@@ -225,9 +213,7 @@ void limit_pages(sqlite3* db, long long extra) {
   REQUIRE(scalar(db, "PRAGMA max_page_count=" + std::to_string(pages + extra)) == pages + extra);
 }
 
-void unlimit_pages(sqlite3* db) {
-  REQUIRE(scalar(db, "PRAGMA max_page_count=1000000") == 1000000);
-}
+void unlimit_pages(sqlite3* db) { REQUIRE(scalar(db, "PRAGMA max_page_count=1000000") == 1000000); }
 
 }  // namespace
 
@@ -293,9 +279,11 @@ TEST_CASE("master: a statement undone by its own failure inside a transaction pu
     REQUIRE_FALSE(g.m().transaction([](sqlite3* db) -> std::error_code {
       CHECK(sqlite3_exec(db, "UPDATE items SET name='kept' WHERE id=1", nullptr, nullptr,
                          nullptr) == SQLITE_OK);
-      CHECK(sqlite3_exec(db, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c"
-                             " WHERE x < 64) INSERT INTO items SELECT 200+x, 'big',"
-                             " randomblob(3000) FROM c", nullptr, nullptr, nullptr) == SQLITE_FULL);
+      CHECK(sqlite3_exec(db,
+                         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c"
+                         " WHERE x < 64) INSERT INTO items SELECT 200+x, 'big',"
+                         " randomblob(3000) FROM c",
+                         nullptr, nullptr, nullptr) == SQLITE_FULL);
       return std::error_code{};
     }));
     unlimit_pages(g.m().db());
@@ -307,7 +295,9 @@ TEST_CASE("master: a statement undone by its own failure inside a transaction pu
   CHECK(dead_letters(g.r()) == 0);
 }
 
-TEST_CASE("master: SQLITE_BUSY waits up to the busy timeout, then fails clearly, and acks it could not record are resent") {
+TEST_CASE(
+    "master: SQLITE_BUSY waits up to the busy timeout, then fails clearly, and acks it could not "
+    "record are resent") {
   rig g;
   REQUIRE_FALSE(g.write(1, 3));
   REQUIRE(g.drain());
@@ -362,7 +352,8 @@ TEST_CASE("master: SQLITE_BUSY waits up to the busy timeout, then fails clearly,
   CHECK(has_id(g.rdb(), 32));
 }
 
-TEST_CASE("replica: SQLITE_FULL is not acknowledged, not dead-lettered, repaired when space returns") {
+TEST_CASE(
+    "replica: SQLITE_FULL is not acknowledged, not dead-lettered, repaired when space returns") {
   rig g;
   REQUIRE_FALSE(g.write(1, 5));
   REQUIRE(g.drain());
@@ -391,9 +382,9 @@ TEST_CASE("replica: SQLITE_FULL is not acknowledged, not dead-lettered, repaired
   CHECK(pending == 0);
   // No partial apply: every message is all or nothing (rows come in groups of 5).
   for (int i = 0; i < 12; ++i) {
-    const long long n = scalar(g.rdb(), "SELECT count(*) FROM items WHERE id BETWEEN " +
-                                            std::to_string(100 + i * 5) + " AND " +
-                                            std::to_string(104 + i * 5));
+    const long long n =
+        scalar(g.rdb(), "SELECT count(*) FROM items WHERE id BETWEEN " +
+                            std::to_string(100 + i * 5) + " AND " + std::to_string(104 + i * 5));
     CHECK((n == 0 || n == 5));
   }
   // Space returns: gap repair brings the missing messages back; replica == master.
@@ -446,11 +437,12 @@ TEST_CASE("replica: SQLITE_FULL inside one event's apply does not use up its ret
   rig g;
   // Only the replica's database has a trigger that needs much space for one row: its apply
   // fails with SQLITE_FULL while a retry record (a few bytes) would still fit.
-  REQUIRE(sqlite3_exec(g.rdb(),
-                       "CREATE TABLE ballast(b BLOB); CREATE TRIGGER fat AFTER INSERT ON items"
-                       " WHEN NEW.name = 'fat' BEGIN INSERT INTO ballast VALUES(randomblob(200000));"
-                       " END",
-                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(
+      sqlite3_exec(g.rdb(),
+                   "CREATE TABLE ballast(b BLOB); CREATE TRIGGER fat AFTER INSERT ON items"
+                   " WHEN NEW.name = 'fat' BEGIN INSERT INTO ballast VALUES(randomblob(200000));"
+                   " END",
+                   nullptr, nullptr, nullptr) == SQLITE_OK);
   REQUIRE_FALSE(g.write(1, 3));
   REQUIRE(g.drain());
   limit_pages(g.rdb(), 10);

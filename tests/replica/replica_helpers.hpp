@@ -20,22 +20,27 @@ namespace edgecqrs::test {
 
 using bytes = std::vector<std::uint8_t>;
 
-inline bytes encode(const message& m) {
+// Encodes with `f` (encode_message, encode_schema, ...): empty bytes on failure.
+template <class T, class F>
+bytes encode_with(const T& x, F f) {
   std::size_t n = 0;
-  if (encode_message(m, nullptr, 0, n)) return {};
+  if (f(x, nullptr, 0, n)) return {};
   bytes b(n);
-  if (encode_message(m, b.data(), b.size(), n)) return {};
+  if (f(x, b.data(), b.size(), n)) return {};
   b.resize(n);
   return b;
 }
 
+inline bytes encode(const message& m) {
+  return encode_with(m, [](const message& x, std::uint8_t* b, std::size_t c, std::size_t& n) {
+    return encode_message(x, b, c, n);
+  });
+}
+
 inline bytes encode(const schema& s) {
-  std::size_t n = 0;
-  if (encode_schema(s, nullptr, 0, n)) return {};
-  bytes b(n);
-  if (encode_schema(s, b.data(), b.size(), n)) return {};
-  b.resize(n);
-  return b;
+  return encode_with(s, [](const schema& x, std::uint8_t* b, std::size_t c, std::size_t& n) {
+    return encode_schema(x, b, c, n);
+  });
 }
 
 inline schema make_schema(const std::string& id, std::vector<column_def> cols,
@@ -57,9 +62,15 @@ inline event ev(event_kind k, std::uint64_t version, std::vector<value> vals) {
   e.values = std::move(vals);
   return e;
 }
-inline event save(std::uint64_t v, std::vector<value> vals) { return ev(event_kind::save, v, std::move(vals)); }
-inline event del(std::uint64_t v, std::vector<value> key) { return ev(event_kind::remove, v, std::move(key)); }
-inline event sync(std::uint64_t v, std::vector<value> vals) { return ev(event_kind::sync, v, std::move(vals)); }
+inline event save(std::uint64_t v, std::vector<value> vals) {
+  return ev(event_kind::save, v, std::move(vals));
+}
+inline event del(std::uint64_t v, std::vector<value> key) {
+  return ev(event_kind::remove, v, std::move(key));
+}
+inline event sync(std::uint64_t v, std::vector<value> vals) {
+  return ev(event_kind::sync, v, std::move(vals));
+}
 
 inline message msg(const schema& s, std::uint64_t seq, std::vector<event> evs) {
   message m;
@@ -124,13 +135,21 @@ inline std::vector<std::string> dump(sqlite3* db, const std::string& sql) {
     for (int c = 0; c < sqlite3_column_count(st); ++c) {
       if (c) r += '|';
       switch (sqlite3_column_type(st, c)) {
-        case SQLITE_NULL: r += "NULL"; break;
-        case SQLITE_INTEGER: r += std::to_string(sqlite3_column_int64(st, c)); break;
-        case SQLITE_FLOAT: r += "f" + std::to_string(sqlite3_column_double(st, c)); break;
+        case SQLITE_NULL:
+          r += "NULL";
+          break;
+        case SQLITE_INTEGER:
+          r += std::to_string(sqlite3_column_int64(st, c));
+          break;
+        case SQLITE_FLOAT:
+          r += "f" + std::to_string(sqlite3_column_double(st, c));
+          break;
         case SQLITE_TEXT:
           r += "'" + std::string(reinterpret_cast<const char*>(sqlite3_column_text(st, c))) + "'";
           break;
-        default: r += "x" + std::to_string(sqlite3_column_bytes(st, c)); break;
+        default:
+          r += "x" + std::to_string(sqlite3_column_bytes(st, c));
+          break;
       }
     }
     rows.push_back(r);

@@ -25,8 +25,8 @@ namespace {
 
 struct totals {
   std::uint64_t seeds = 0, transactions = 0, events = 0, applied = 0, duplicates = 0, stale = 0,
-                gaps_detected = 0, gaps_repaired = 0, replays = 0, resyncs = 0,
-                rows_removed = 0, dead_letters = 0, dead_letters_left = 0, restarts = 0, disconnects = 0,
+                gaps_detected = 0, gaps_repaired = 0, replays = 0, resyncs = 0, rows_removed = 0,
+                dead_letters = 0, dead_letters_left = 0, restarts = 0, disconnects = 0,
                 broker_dropped = 0, broker_duplicated = 0;
 };
 
@@ -46,27 +46,20 @@ class sim {
  public:
   explicit sim(std::uint64_t seed) : rng_(seed), broker_(seed, &clk_) {
     REQUIRE(sqlite3_open(":memory:", &mdb_) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(mdb_,
-                         "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER);"
-                         "CREATE TABLE readings(sensor TEXT NOT NULL, ts INTEGER NOT NULL, v REAL,"
-                         " note TEXT, PRIMARY KEY(sensor, ts));"
-                         "CREATE TABLE blobs(id INTEGER PRIMARY KEY, payload BLOB);",
-                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    REQUIRE(
+        sqlite3_exec(mdb_,
+                     "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER);"
+                     "CREATE TABLE readings(sensor TEXT NOT NULL, ts INTEGER NOT NULL, v REAL,"
+                     " note TEXT, PRIMARY KEY(sensor, ts));"
+                     "CREATE TABLE blobs(id INTEGER PRIMARY KEY, payload BLOB);",
+                     nullptr, nullptr, nullptr) == SQLITE_OK);
     pub_ = broker_.make_client("master", 64);
     master_config cfg;
     cfg.heartbeat_interval_ms = 1000;
     cfg.replay_keep_records = 20 + rng_() % 60;  // small: some replays become re-syncs
     REQUIRE_FALSE(master::attach(mdb_, cfg, pub_.get(), m_, clk_));
-    for (const char* t : streams()) {
-      table_options o;
-      o.table = t;
-      o.cqrs_id = t;
-      REQUIRE_FALSE(m_->register_table(o));
-    }
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(path_.c_str(), &rdb) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(rdb, replica_ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(rdb);
+    for (const char* t : streams()) REQUIRE_FALSE(m_->register_table(stream_of(t)));
+    exec_file(path_, replica_ddl);
     start_replica();
   }
   ~sim() {
@@ -86,11 +79,8 @@ class sim {
     ro.request_backoff_initial_ms = 200;
     ro.request_backoff_max_ms = 2000;
     REQUIRE_FALSE(replica::open(path_, ro, r_));
-    replica_table_options items;
-    items.local_table = "items";
-    REQUIRE_FALSE(r_->register_table("items", items));
-    replica_table_options readings;
-    readings.local_table = "readings";
+    REQUIRE_FALSE(r_->register_table("items", into_table("items")));
+    replica_table_options readings = into_table("readings");
     readings.mapping = {{"v", "value"}, {"note", ""}};
     if (master::has_preupdate_hook()) REQUIRE_FALSE(r_->register_table("readings", readings));
     // No-DB mode: an external store that survives replica restarts.
@@ -132,13 +122,13 @@ class sim {
             sql = "INSERT OR IGNORE INTO items VALUES(" + std::to_string(k) + ", 'n" +
                   std::to_string(v) + "', " + std::to_string(v) + ")";
           else if (op < 7)
-            sql = "UPDATE items SET qty=qty+1, name='u" + std::to_string(v) + "' WHERE id=" +
-                  std::to_string(k);
+            sql = "UPDATE items SET qty=qty+1, name='u" + std::to_string(v) +
+                  "' WHERE id=" + std::to_string(k);
           else if (op < 9)
             sql = "DELETE FROM items WHERE id=" + std::to_string(k);
           else  // primary-key change
-            sql = "UPDATE OR IGNORE items SET id=" + std::to_string(k2) + " WHERE id=" +
-                  std::to_string(k);
+            sql = "UPDATE OR IGNORE items SET id=" + std::to_string(k2) +
+                  " WHERE id=" + std::to_string(k);
         } else if (table == 1) {
           std::string sensor = "'s" + std::to_string(k % 5) + "'";
           std::string ts = std::to_string(k % 8);
@@ -154,7 +144,8 @@ class sim {
             sql = "INSERT OR IGNORE INTO blobs VALUES(" + std::to_string(k) + ", x'" +
                   std::string(static_cast<std::size_t>(v % 7) * 2, 'a') + "')";
           else if (op < 8)
-            sql = "UPDATE blobs SET payload=CAST(x'0102' || payload AS BLOB) WHERE id=" + std::to_string(k);
+            sql = "UPDATE blobs SET payload=CAST(x'0102' || payload AS BLOB) WHERE id=" +
+                  std::to_string(k);
           else
             sql = "DELETE FROM blobs WHERE id=" + std::to_string(k);
         }
@@ -194,12 +185,11 @@ class sim {
   bool converged() {
     sqlite3* rdb = nullptr;
     if (sqlite3_open(path_.c_str(), &rdb) != SQLITE_OK) return false;
-    bool same =
-        dump(mdb_, "SELECT id, name, qty FROM items ORDER BY id") ==
-            dump(rdb, "SELECT id, name, qty FROM items ORDER BY id") &&
-        (!master::has_preupdate_hook() ||
-         dump(mdb_, "SELECT sensor, ts, v FROM readings ORDER BY sensor, ts") ==
-             dump(rdb, "SELECT sensor, ts, value FROM readings ORDER BY sensor, ts"));
+    bool same = dump(mdb_, "SELECT id, name, qty FROM items ORDER BY id") ==
+                    dump(rdb, "SELECT id, name, qty FROM items ORDER BY id") &&
+                (!master::has_preupdate_hook() ||
+                 dump(mdb_, "SELECT sensor, ts, v FROM readings ORDER BY sensor, ts") ==
+                     dump(rdb, "SELECT sensor, ts, value FROM readings ORDER BY sensor, ts"));
     sqlite3_close(rdb);
     if (!same) return false;
     std::map<std::int64_t, std::string> want;
@@ -322,7 +312,7 @@ TEST_CASE("replicas converge under drops, duplicates, reordering, disconnects an
   const char* env_seeds = std::getenv("EDGECQRS_SEEDS");
   const char* one_seed = std::getenv("EDGECQRS_SEED");
   std::uint64_t first = one_seed && *one_seed ? seed_or(1) : 1;
-  std::uint64_t count = one_seed && *one_seed ? 1
+  std::uint64_t count = one_seed && *one_seed     ? 1
                         : env_seeds && *env_seeds ? std::strtoull(env_seeds, nullptr, 10)
                                                   : 200;
   totals all;

@@ -71,11 +71,13 @@ class queued_transport final : public transport {
   std::deque<item> inbox_;
 };
 
-const char* const ddl = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)";
+const char* const ddl =
+    "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)";
 
 }  // namespace
 
-TEST_CASE("two replica objects on one database: concurrent first-contact re-syncs remove no live row") {
+TEST_CASE(
+    "two replica objects on one database: concurrent first-contact re-syncs remove no live row") {
   temp_dir dir("shareddb");
   const std::string path = dir.file("replica.db");
   fake_clock clk;
@@ -90,10 +92,7 @@ TEST_CASE("two replica objects on one database: concurrent first-contact re-sync
   cfg.max_record_events = 10;  // re-sync answers of many parts
   std::unique_ptr<master> m;
   REQUIRE_FALSE(master::attach(mdb, cfg, pub.get(), m, clk));
-  table_options o;
-  o.table = "items";
-  o.cqrs_id = "items";
-  REQUIRE_FALSE(m->register_table(o));
+  REQUIRE_FALSE(m->register_table(stream_of("items")));
   auto write = [&](const std::string& sql) {
     REQUIRE_FALSE(m->transaction([&](sqlite3* db) -> std::error_code {
       return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK
@@ -109,12 +108,7 @@ TEST_CASE("two replica objects on one database: concurrent first-contact re-sync
     broker.pump_all();
   }
 
-  {
-    sqlite3* rdb = nullptr;
-    REQUIRE(sqlite3_open(path.c_str(), &rdb) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(rdb, ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
-    sqlite3_close(rdb);
-  }
+  exec_file(path, ddl);
   struct worker {
     std::unique_ptr<loopback::client> client;
     std::unique_ptr<queued_transport> tp;
@@ -132,9 +126,7 @@ TEST_CASE("two replica objects on one database: concurrent first-contact re-sync
     ro.request_backoff_initial_ms = 200;
     ro.request_backoff_max_ms = 2000;
     REQUIRE_FALSE(replica::open(path, ro, w[i].r));
-    replica_table_options t;
-    t.local_table = "items";
-    REQUIRE_FALSE(w[i].r->register_table("items", t));
+    REQUIRE_FALSE(w[i].r->register_table("items", into_table("items")));
   }
   // Both subscribed before anything is delivered: both see the retained schema as their
   // first contact (each object used to ask for its own bootstrap re-sync; the first contact is
@@ -153,8 +145,7 @@ TEST_CASE("two replica objects on one database: concurrent first-contact re-sync
     w[0].tp->handle(1);
     if (round % 5 == 0) REQUIRE_FALSE(w[0].r->poll());
     if (round % 5 == 2) REQUIRE_FALSE(w[1].r->poll());
-    if (round % 7 == 0)
-      write("UPDATE items SET qty=qty+1 WHERE id=" + std::to_string(round % 300));
+    if (round % 7 == 0) write("UPDATE items SET qty=qty+1 WHERE id=" + std::to_string(round % 300));
     if (round % 11 == 0) {
       write("INSERT INTO items VALUES(" + std::to_string(next_id) + ", 'x', 1)");
       ++next_id;
@@ -184,12 +175,11 @@ TEST_CASE("two replica objects on one database: concurrent first-contact re-sync
   CHECK(replica_rows == master_rows);
   CHECK(one(rdb, "SELECT count(*) FROM edgecqrs_r_rows WHERE deleted=1") == "0");
   const auto s0 = w[0].r->stats(), s1 = w[1].r->stats();
-  MESSAGE("resync requests " << s0.resync_requests << " + " << s1.resync_requests
-                             << ", completed " << s0.resyncs_completed << " + "
-                             << s1.resyncs_completed << ", ignored " << s0.ignored << " + "
-                             << s1.ignored);
+  MESSAGE("resync requests " << s0.resync_requests << " + " << s1.resync_requests << ", completed "
+                             << s0.resyncs_completed << " + " << s1.resyncs_completed
+                             << ", ignored " << s0.ignored << " + " << s1.ignored);
   CHECK(s0.resync_requests + s1.resync_requests >= 2);  // two sessions: the race was on
-  CHECK(s0.ignored + s1.ignored > 0);                    // the competing one was ignored
+  CHECK(s0.ignored + s1.ignored > 0);                   // the competing one was ignored
   CHECK(s0.resyncs_completed + s1.resyncs_completed >= 1);
   CHECK(s0.rows_removed_by_resync + s1.rows_removed_by_resync == 0);
   stream_status st0, st1;

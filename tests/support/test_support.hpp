@@ -4,6 +4,9 @@
 #include <cstdint>
 #include <string>
 
+#include "edgecqrs/master.hpp"
+#include "edgecqrs/replica.hpp"
+
 namespace edgecqrs::test {
 
 // A fresh directory under the build tree (or $TMPDIR), removed on destruction.
@@ -28,5 +31,21 @@ std::string read_file(const std::string& path);
 
 // Seed for randomized tests: $EDGECQRS_SEED if set, else `fallback`.
 std::uint64_t seed_or(std::uint64_t fallback);
+
+// One MQTT topic matching case: does `filter` match `topic`? (loopback and paho tests).
+struct topic_case {
+  const char* filter;
+  const char* topic;
+  bool match;
+};
+
+// Opens the database file `path`, runs `sql` on it and closes it; fails the test on error.
+void exec_file(const std::string& path, const std::string& sql);
+
+// Master side: `table` published as the stream of the same name.
+table_options stream_of(const std::string& table);
+
+// Replica side: a stream applied into the local table `local_table`.
+replica_table_options into_table(const std::string& local_table);
 
 }  // namespace edgecqrs::test
