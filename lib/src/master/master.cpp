@@ -1,44 +1,13 @@
-// The master: registration, change capture (hooks -> dirty set -> outbox before COMMIT),
-// publisher (outbox -> transport, windowed, acknowledged), control answers, sync and dump.
+// The public master API: open/attach, register_table, begin/commit/rollback, sync, poll,
+// start/stop, stats. A thin layer over engine.hpp (capture -> outbox -> publisher; control, sync).
 #include "edgecqrs/master.hpp"
 
-#include <algorithm>
-#include <array>
-#include <atomic>
-#include <condition_variable>
 #include <cstdio>
-#include <cstring>
-#include <initializer_list>
-#include <memory>
-#include <mutex>
-#include <thread>
-#include <type_traits>
 
-#include "edgecqrs/codec.hpp"
-#include "edgecqrs/errors.hpp"
-#include "edgecqrs/names.hpp"
-#include "master/fast_encode.hpp"
-#include "sqlite_util.hpp"
+#include "master/engine.hpp"
 
-namespace edgecqrs {
-
-using detail::bind_view;
-using detail::column_view;
-using detail::quote_ident;
-using detail::reset_guard;
-using stmt = detail::statement;
-
-value_view row_ref::get(std::string_view column) const {
-  for (std::size_t i = 0; i < size; ++i)
-    if (columns[i].name == column) return values[i];
-  return value_view::null();
-}
-
+namespace edgecqrs::master_detail {
 namespace {
-
-constexpr int kind_stream = 0;  // stream events, joinable, kept for replay after the ack
-constexpr int kind_direct = 1;  // sync / replay / re-sync answers (own ext), deleted after ack
-constexpr int kind_schema = 2;  // whole schema message, retained
 
 const char* const schema_sql = R"(
 CREATE TABLE IF NOT EXISTS edgecqrs_meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
@@ -61,973 +30,587 @@ bool ieq(std::string_view a, std::string_view b) {
   return true;
 }
 
-// `v` in decimal, as std::to_string gives it (one small function instead of its instances).
-std::string decimal(std::size_t v) {
-  char buf[24];
-  char* p = buf + sizeof buf;
-  do {
-    *--p = static_cast<char>('0' + v % 10);
-    v /= 10;
-  } while (v);
-  return std::string(p, static_cast<std::size_t>(buf + sizeof buf - p));
-}
-
 // Exact equality, as `value`'s: REALs by bit pattern, TEXT never equals BLOB.
 bool same_value(const value_view& a, const value_view& b) {
   if (a.type != b.type) return false;
   switch (a.type) {
-    case value_type::null: return true;
-    case value_type::integer: return a.i == b.i;
-    case value_type::real: return std::memcmp(&a.d, &b.d, sizeof(double)) == 0;
-    default: return a.size == b.size && (a.size == 0 || std::memcmp(a.data, b.data, a.size) == 0);
+    case value_type::null:
+      return true;
+    case value_type::integer:
+      return a.i == b.i;
+    case value_type::real:
+      return std::memcmp(&a.d, &b.d, sizeof(double)) == 0;
+    default:
+      return a.size == b.size && (a.size == 0 || std::memcmp(a.data, b.data, a.size) == 0);
   }
-}
-
-// Appends an encoded item produced by `enc(buf, cap, written)`, growing the buffer as needed.
-// A growable byte buffer whose resize() leaves new bytes uninitialised (std::vector zero-fills
-// them, and its resize is out of line): append_encoded and the event encoder grow it by a bound
-// then trim it, once per event.
-class byte_buffer {
- public:
-  std::uint8_t* data() { return p_.get(); }
-  const std::uint8_t* data() const { return p_.get(); }
-  std::size_t size() const { return n_; }
-  std::size_t capacity() const { return cap_; }
-  bool empty() const { return n_ == 0; }
-  const std::uint8_t* begin() const { return p_.get(); }
-  const std::uint8_t* end() const { return p_.get() + n_; }
-  void clear() { n_ = 0; }
-  void reserve(std::size_t c) {
-    if (c <= cap_) return;
-    std::unique_ptr<std::uint8_t[]> q(new std::uint8_t[c]);
-    if (n_) std::memcpy(q.get(), p_.get(), n_);
-    p_ = std::move(q);
-    cap_ = c;
-  }
-  void resize(std::size_t n) {
-    if (n > cap_) reserve(std::max(n, cap_ * 2));
-    n_ = n;
-  }
-
- private:
-  std::unique_ptr<std::uint8_t[]> p_;
-  std::size_t n_ = 0, cap_ = 0;
-};
-
-// A non-owning reference to a callable, for internal callbacks that are only called during the
-// call that receives them (no std::function copy, manager or type information).
-template <class Sig>
-class fn_ref;
-template <class R, class... A>
-class fn_ref<R(A...)> {
- public:
-  template <class F, class = std::enable_if_t<!std::is_same<std::decay_t<F>, fn_ref>::value>>
-  fn_ref(F&& f)  // NOLINT(google-explicit-constructor): used like std::function
-      : obj_(const_cast<void*>(static_cast<const void*>(&f))), call_([](void* o, A... a) -> R {
-          return (*static_cast<std::remove_reference_t<F>*>(o))(std::forward<A>(a)...);
-        }) {}
-  R operator()(A... a) const { return call_(obj_, std::forward<A>(a)...); }
-
- private:
-  void* obj_;
-  R (*call_)(void*, A...);
-};
-
-// The encoder is called through a fn_ref: one copy of this loop per buffer type, not one per
-// call site.
-template <class Buf>
-std::error_code append_encoded(
-    Buf& out, fn_ref<std::error_code(std::uint8_t*, std::size_t, std::size_t&)> enc) {
-  std::size_t len = out.size();
-  // Most items are small: try a modest window first (resize zero-fills it).
-  std::size_t room = 512;
-  for (int attempt = 0; attempt < 16; ++attempt) {
-    if (out.capacity() < len + room) out.reserve(std::max(out.capacity() * 2, len + room));
-    out.resize(len + room);
-    std::size_t written = 0;
-    std::error_code ec = enc(out.data() + len, room, written);
-    if (!ec) {
-      out.resize(len + written);
-      return {};
-    }
-    if (ec != errc::buffer_too_small) {
-      out.resize(len);
-      return ec;
-    }
-    room *= 4;
-  }
-  out.resize(len);
-  return make_error_code(errc::buffer_too_small);
 }
 
 }  // namespace
+}  // namespace edgecqrs::master_detail
 
-namespace {
+namespace edgecqrs::master_detail {
 
-struct engine {
-  struct table_state {
-    std::size_t index = 0;
-    std::string table;
-    std::string cqrs_id;
-    std::int64_t stream_id = 0;
-    schema sch;
-    bool produce = true;
-    bool rowid_alias = false;                 // single INTEGER PRIMARY KEY column
-    bool cache_final = false;                 // final values may come from the pre-update hook
-    std::vector<std::uint8_t> real_affinity;  // per table column: 1 REAL
-    std::vector<int> sel_table_cols;          // table column index per stream column (no SQL)
-    std::vector<int> pk_table_cols;           // table column index per pk column
-    std::vector<int> pk_sel_pos;              // per pk column: its index in sel_table_cols or -1
-    std::vector<std::pair<std::uint32_t, int>> tracked;  // (stream column, table column)
-    std::vector<int> compare_table_cols;      // table columns compared to detect no-op changes
-    std::function<bool(const row_ref&)> filter;
-    std::function<std::error_code(const row_ref&, std::vector<value>&)> serializer;
-    std::string serializer_sql;
-    std::string where_pk;                     // "\"a\"=?1 AND \"b\"=?2"
-    std::string select_cols;                  // stream columns as a select list (no SQL)
-    stmt read_final;                          // SELECT stream cols + compare cols WHERE pk
-    stmt read_custom;                         // serializer_sql
-    std::uint64_t next_seq = 1;
-    std::uint64_t saved_next_seq = 1;
-    std::atomic<std::uint64_t> head{0};        // last committed seq, for other threads
-    std::int64_t last_publish_ms = 0;
-    std::string event_topic, schema_topic, control_topic;
-  };
+std::int64_t engine::failure_backoff() {
+  std::lock_guard<std::mutex> lk(stats_mu);
+  ++st.publish_failures;
+  ++consecutive_failures;
+  std::int64_t b = cfg.backoff_initial_ms;
+  for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
+  return std::min(b, cfg.backoff_max_ms);
+}
 
-  // Values captured during a transaction live in a per-transaction arena (`cells`, whose
-  // TEXT/BLOB cells point by offset into `cell_bytes`): no allocation per row or per value once
-  // the arena has grown, cleared (not freed) between transactions.
-  struct dirty_row {
-    table_state* t = nullptr;
-    std::size_t key_off = 0;         // encoded pk values: bytes in cell_bytes
-    std::uint32_t key_len = 0;
-    std::uint32_t pk_at = 0;         // npk cells: the pk values
-    bool existed_before = false;
-    bool have_old = false;
-    std::uint32_t old_at = 0;        // compare_table_cols cells before the first change
-    // Final state as last seen by the pre-update hook: 0 unknown (read the row at commit),
-    // 1 present with the stream columns' cells at `fin_at`, 2 deleted.
-    int final_state = 0;
-    std::uint32_t fin_at = 0;
-  };
-
-  struct inflight_msg {
-    std::uint64_t no = 0;  // message number (completion key)
-    std::vector<std::int64_t> ids;
-    std::vector<int> kinds;
-    std::vector<std::uint64_t> bytes;
-    std::int64_t stream = 0;
-    bool heartbeat = false;
-  };
-
-  struct completion {
-    std::uint64_t msg_no;
-    std::error_code ec;
-  };
-
-  // Shared with transport callbacks, which may outlive the master.
-  struct sink {
-    std::mutex mu;
-    bool alive = true;
-    std::vector<completion> done;
-    std::vector<std::pair<std::size_t, control_request>> control;  // (table index, request)
-    std::size_t max_control = 64;
-    std::uint64_t control_dropped = 0;
-    std::condition_variable* wake = nullptr;
-  };
-
-  sqlite3* db = nullptr;
-  bool owns_db = false;
-  master_config cfg;
-  transport* tx = nullptr;
-  clock* clk = nullptr;
-  std::array<std::uint8_t, 16> incarnation{};
-  std::vector<std::unique_ptr<table_state>> tables;
-  // Registered tables by CQRS_ID / stream id: a scan of `tables` (a few entries, cold paths).
-  // `tables` grows under stats_mu too, for schema_of and head_seq.
-  table_state* find_id(std::string_view cqrs_id) const {
-    for (auto& t : tables)
-      if (t->cqrs_id == cqrs_id) return t.get();
-    return nullptr;
+std::error_code engine::fail(errc e, const char* fmt,
+                             std::initializer_list<std::string_view> args) {
+  std::string msg;
+  const std::string_view* a = args.begin();
+  for (const char* p = fmt; *p; ++p) {
+    if (*p == '%' && a != args.end())
+      msg.append(a->data(), a->size()), ++a;
+    else
+      msg += *p;
   }
-  // By the table's canonical name (as the hooks report it): a scan, cheaper than hashing a
-  // string for the few tables a device registers.
-  table_state* find_table(const char* name) const {
-    for (auto& t : tables)
-      if (std::strcmp(t->table.c_str(), name) == 0) return t.get();
-    return nullptr;
-  }
-  table_state* find_stream(std::int64_t stream) const {
-    for (auto& t : tables)
-      if (t->stream_id == stream) return t.get();
-    return nullptr;
-  }
+  last_error = std::move(msg);
+  return make_error_code(e);
+}
 
-  // capture state (touched by SQLite hooks on the writing thread)
-  std::vector<dirty_row> dirty;
-  // Open addressing over indices into `dirty` (no allocation per row): slot = index + 1, 0 empty.
-  std::vector<std::uint32_t> dirty_slots = std::vector<std::uint32_t>(1024);
-  std::vector<std::uint64_t> dirty_hashes;  // parallel to `dirty`
-  std::vector<value_view> vals_scratch;
-  std::vector<std::vector<std::size_t>> per_table_scratch;
-  std::vector<std::uint32_t> prev_cols_scratch;
-  std::vector<value_view> prev_vals_scratch;
-  std::vector<value_view> cells;          // capture arena (see dirty_row)
-  std::vector<std::uint8_t> cell_bytes;   // TEXT/BLOB bytes of `cells`
-  std::vector<value_view> hook_new, hook_old;  // pre-update hook scratch
-  bool db_utf8 = true;                    // TEXT is stored as UTF-8 (read without conversion)
-  // Appends a copy of `v` to the arena; returns its cell index.
-  std::uint32_t put_cell(const value_view& v) {
-    value_view c = v;
-    if (v.type == value_type::text || v.type == value_type::blob) {
-      std::size_t off = cell_bytes.size();
-      if (v.size) {
-        cell_bytes.resize(off + v.size);
-        std::memcpy(cell_bytes.data() + off, v.data, v.size);
-      }
-      c.data = reinterpret_cast<const void*>(static_cast<std::uintptr_t>(off));
-    }
-    cells.push_back(c);
-    return static_cast<std::uint32_t>(cells.size() - 1);
-  }
-  std::string key_scratch;
-  std::string_view key_of(const dirty_row& d) const {
-    return {reinterpret_cast<const char*>(cell_bytes.data()) + d.key_off, d.key_len};
-  }
-  // The value of cell `k` (TEXT/BLOB bytes valid until the arena grows or is cleared).
-  value_view cell(std::size_t k) const {
-    value_view c = cells[k];
-    if (c.type == value_type::text || c.type == value_type::blob)
-      c.data = cell_bytes.data() + reinterpret_cast<std::uintptr_t>(c.data);
-    return c;
-  }
-  std::size_t n_dirty = 0;  // entries of `dirty` in use
-  bool internal_write = false;  // the library's own statements: not captured, not refused
-  bool committing = false;
-  bool dirty_overflow = false;
-  std::atomic<std::uint64_t> unmanaged_refused{0};
+std::error_code engine::sql_fail(const char* what) {
+  return fail(errc::sqlite_error, "%: %", {what, sqlite3_errmsg(db)});
+}
 
-  std::mutex txn_mu;            // held from begin() to commit()/rollback(), and by poll()
-  std::unique_lock<std::mutex> txn_lock{txn_mu, std::defer_lock};
-  std::atomic<bool> in_txn{false};
-  std::thread::id txn_owner;
-
-  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
-      st_version_get, st_outbox_top, st_sync_level;
-  byte_buffer evbuf;
-  std::vector<std::uint8_t> grpbuf, msgbuf;
-  stmt st_begin, st_commit;  // master::begin / commit: prepared once, not parsed per transaction
-  std::error_code step_ctl(stmt& s, const char* what) {
-    int rc = sqlite3_step(s.get());
-    std::error_code ec;
-    if (rc != SQLITE_DONE) ec = sql_fail(what);  // before the reset, which may change the message
-    sqlite3_reset(s.get());
+std::error_code engine::exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::error_code ec =
+        fail(errc::sqlite_error, "%: %", {std::string_view(sql).substr(0, 40), err ? err : "?"});
+    sqlite3_free(err);
     return ec;
   }
+  return {};
+}
 
-  // Keys that may have a version entry (a Bloom filter over stream id + key, 1 Mbit, three
-  // probes). A miss proves a new row has no tombstone, which saves a B-tree probe per insert.
-  std::vector<std::uint64_t> bloom = std::vector<std::uint64_t>(1u << 14);
-  static std::uint64_t key_hash(std::int64_t stream, std::string_view key) {
-    std::uint64_t h = 1469598103934665603ULL ^ static_cast<std::uint64_t>(stream);
-    for (unsigned char c : key) h = (h ^ c) * 1099511628211ULL;
-    return h ^ (h >> 29);
-  }
-  void bloom_add(std::int64_t stream, std::string_view key) {
-    std::uint64_t h = key_hash(stream, key);
-    for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
-      std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
-      bloom[bit / 64] |= 1ULL << (bit % 64);
-    }
-  }
-  bool bloom_may_have(std::int64_t stream, std::string_view key) const {
-    std::uint64_t h = key_hash(stream, key);
-    for (int i = 0; i < 3; ++i, h = h * 0x9e3779b97f4a7c15ULL + 1) {
-      std::size_t bit = (h >> 20) & ((bloom.size() * 64) - 1);
-      if (!(bloom[bit / 64] & (1ULL << (bit % 64)))) return false;
-    }
-    return true;
-  }
-
-  // outbox accounting (changed only under txn_mu)
-  std::uint64_t pending_records = 0, pending_bytes = 0, kept_records = 0, kept_bytes = 0;
-  bool acked_other = true;  // acknowledged non-stream rows may await deletion
-  // publisher
-  std::int64_t cursor = 0;
-  std::vector<inflight_msg> inflight;  // unordered; at most the window (<= 90)
-  // Whether outbox row `id` is part of a message in flight (each message's ids ascend).
-  bool id_in_flight(std::int64_t id) const {
-    for (const inflight_msg& m : inflight)
-      if (!m.ids.empty() && id >= m.ids.front() && id <= m.ids.back() &&
-          std::binary_search(m.ids.begin(), m.ids.end(), id))
-        return true;
-    return false;
-  }
-  std::uint64_t next_msg_no = 1;
-  std::int64_t backoff_until = 0;
-  int consecutive_failures = 0;
-  // Counts a failed publish; returns the delay before the next attempt (doubling per
-  // consecutive failure, capped).
-  std::int64_t failure_backoff() {
-    std::lock_guard<std::mutex> lk(stats_mu);
-    ++st.publish_failures;
-    ++consecutive_failures;
-    std::int64_t b = cfg.backoff_initial_ms;
-    for (int i = 1; i < consecutive_failures && b < cfg.backoff_max_ms; ++i) b *= 2;
-    return std::min(b, cfg.backoff_max_ms);
-  }
-  std::int64_t durable_upto = 0;  // outbox ids at or below it are known to be on disk
-  std::shared_ptr<sink> snk = std::make_shared<sink>();
-  // Completion callback of a publish (one type for messages and heartbeats): queues the
-  // result in the sink; `wake` also wakes the background thread.
-  struct publish_done {
-    std::weak_ptr<sink> w;
-    std::uint64_t no;
-    bool wake;
-    void operator()(std::error_code e) const {
-      auto sp = w.lock();
-      if (!sp) return;
-      std::lock_guard<std::mutex> lk(sp->mu);
-      if (!sp->alive) return;
-      sp->done.push_back({no, e});
-      if (wake && sp->wake) sp->wake->notify_one();
-    }
+std::error_code engine::init() {
+  internal_write = true;
+  std::error_code ec = exec(schema_sql);
+  if (!ec) ec = load_incarnation();
+  internal_write = false;
+  if (ec) return ec;
+  static const struct {
+    stmt engine::*st;
+    const char* sql;
+  } kStatements[] = {
+      {&engine::st_version,
+       "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) VALUES(?1,?2,?3,?4)"},
+      {&engine::st_version_upd,
+       "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 WHERE stream=?1 AND key=?2"},
+      {&engine::st_version_get,
+       "SELECT version, updated_ms FROM edgecqrs_version WHERE stream=?1 AND key=?2"},
+      {&engine::st_outbox_insert,
+       "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,target,ext,body) "
+       "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
+      {&engine::st_stream_update, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1"},
+      {&engine::st_pending,
+       "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM edgecqrs_outbox WHERE "
+       "id>?1 AND acked=0 ORDER BY id LIMIT ?2"},
+      {&engine::st_ack, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"},
+      {&engine::st_outbox_top, "SELECT max(id) FROM edgecqrs_outbox"},
+      {&engine::st_sync_level, "PRAGMA synchronous"},
+      {&engine::st_begin, "BEGIN IMMEDIATE"},
+      {&engine::st_commit, "COMMIT"},
   };
-
-  mutable std::mutex stats_mu;
-  master_stats st;
-  std::string last_error;
-
-  std::thread bg;
-  std::mutex bg_mu;
-  std::condition_variable bg_cv;
-  bool bg_stop = false;
-  bool bg_wake = false;
-
-  ~engine() {
-    {
-      std::lock_guard<std::mutex> lk(snk->mu);
-      snk->alive = false;
-      snk->wake = nullptr;
+  for (const auto& k : kStatements)
+    if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
+  stmt q;
+  if (prepare(q,
+              "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
+              "WHERE acked=0 OR kind=0 GROUP BY acked"))
+    return sql_fail("outbox count");
+  while (sqlite3_step(q.get()) == SQLITE_ROW) {
+    auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+    auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
+    if (sqlite3_column_int(q.get(), 0)) {
+      kept_records = n;
+      kept_bytes = b;
+    } else {
+      pending_records = n;
+      pending_bytes = b;
     }
   }
+  {
+    stmt vq;
+    if (prepare(vq, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
+    while (sqlite3_step(vq.get()) == SQLITE_ROW) {
+      const char* k = static_cast<const char*>(sqlite3_column_blob(vq.get(), 1));
+      std::size_t n = static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1));
+      bloom_add(sqlite3_column_int64(vq.get(), 0), std::string_view(k, n));
+    }
+  }
+  {
+    stmt eq;
+    if (prepare(eq, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
+      const unsigned char* e = sqlite3_column_text(eq.get(), 0);
+      db_utf8 = e && std::strcmp(reinterpret_cast<const char*>(e), "UTF-8") == 0;
+    } else {
+      db_utf8 = false;
+    }
+  }
+  snk->max_control = cfg.max_pending_control;
+  install_hooks();
+  update_stats();
+  return {};
+}
 
-  // ---------- errors ----------
-  // Sets last_error to `fmt` with each '%' replaced by the next of `args`, and returns `e` (out
-  // of line: the many error paths share one copy of the string building).
-  __attribute__((noinline, cold)) std::error_code fail(
-      errc e, const char* fmt, std::initializer_list<std::string_view> args = {}) {
-    std::string msg;
-    const std::string_view* a = args.begin();
-    for (const char* p = fmt; *p; ++p) {
-      if (*p == '%' && a != args.end())
-        msg.append(a->data(), a->size()), ++a;
-      else
-        msg += *p;
-    }
-    last_error = std::move(msg);
-    return make_error_code(e);
-  }
-  // Prepares a statement of a cold path (one out-of-line copy of statement::prepare for them).
-  __attribute__((noinline)) int prepare(stmt& s, const char* sql) { return s.prepare(db, sql); }
-  __attribute__((noinline, cold)) std::error_code sql_fail(const char* what) {
-    return fail(errc::sqlite_error, "%: %", {what, sqlite3_errmsg(db)});
-  }
-  std::error_code exec(const char* sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      std::error_code ec =
-          fail(errc::sqlite_error, "%: %", {std::string_view(sql).substr(0, 40), err ? err : "?"});
-      sqlite3_free(err);
-      return ec;
-    }
+std::error_code engine::load_incarnation() {
+  stmt q;
+  if (prepare(q, "SELECT value FROM edgecqrs_meta WHERE key='incarnation'"))
+    return sql_fail("incarnation");
+  if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_bytes(q.get(), 0) == 16) {
+    std::memcpy(incarnation.data(), sqlite3_column_blob(q.get(), 0), 16);
     return {};
   }
+  sqlite3_randomness(16, incarnation.data());
+  stmt ins;
+  if (prepare(ins, "INSERT OR REPLACE INTO edgecqrs_meta(key,value) VALUES('incarnation',?1)"))
+    return sql_fail("incarnation");
+  sqlite3_bind_blob(ins.get(), 1, incarnation.data(), 16, SQLITE_STATIC);
+  if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("incarnation");
+  return {};
+}
 
-  // ---------- setup ----------
-  std::error_code init() {
-    internal_write = true;
-    std::error_code ec = exec(schema_sql);
-    if (!ec) ec = load_incarnation();
-    internal_write = false;
-    if (ec) return ec;
-    static const struct {
-      stmt engine::*st;
-      const char* sql;
-    } kStatements[] = {
-        {&engine::st_version,
-         "INSERT INTO edgecqrs_version(stream,key,version,updated_ms) VALUES(?1,?2,?3,?4)"},
-        {&engine::st_version_upd,
-         "UPDATE edgecqrs_version SET version=?3, updated_ms=?4 WHERE stream=?1 AND key=?2"},
-        {&engine::st_version_get,
-         "SELECT version, updated_ms FROM edgecqrs_version WHERE stream=?1 AND key=?2"},
-        {&engine::st_outbox_insert,
-         "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,target,ext,body) "
-         "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
-        {&engine::st_stream_update, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1"},
-        {&engine::st_pending,
-         "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM edgecqrs_outbox WHERE "
-         "id>?1 AND acked=0 ORDER BY id LIMIT ?2"},
-        {&engine::st_ack, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"},
-        {&engine::st_outbox_top, "SELECT max(id) FROM edgecqrs_outbox"},
-        {&engine::st_sync_level, "PRAGMA synchronous"},
-        {&engine::st_begin, "BEGIN IMMEDIATE"},
-        {&engine::st_commit, "COMMIT"},
-    };
-    for (const auto& k : kStatements)
-      if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
-    stmt q;
-    if (prepare(q,
-                "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
-                "WHERE acked=0 OR kind=0 GROUP BY acked"))
-      return sql_fail("outbox count");
-    while (sqlite3_step(q.get()) == SQLITE_ROW) {
-      auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
-      auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
-      if (sqlite3_column_int(q.get(), 0)) {
-        kept_records = n;
-        kept_bytes = b;
+void engine::update_stats() {
+  std::lock_guard<std::mutex> lk(stats_mu);
+  st.records_pending = pending_records;
+  st.bytes_pending = pending_bytes;
+  st.in_flight = inflight.size();
+  st.unmanaged_writes_refused = unmanaged_refused;
+}
+
+std::string engine::encode_key(const value_view* pk, std::size_t n) {
+  std::string key;
+  encode_key_into(pk, n, key);
+  return key;
+}
+
+void engine::encode_key_into(const value_view* pk, std::size_t n, std::string& key) {
+  std::uint8_t tmp[16];
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t w = 0;
+    if (pk[i].type == value_type::text || pk[i].type == value_type::blob) {
+      // Header then bytes: avoids a second buffer for long keys.
+      std::uint8_t major = pk[i].type == value_type::text ? 0x60 : 0x40;
+      std::uint64_t len = pk[i].size;
+      if (len < 24) {
+        key += static_cast<char>(major | len);
       } else {
-        pending_records = n;
-        pending_bytes = b;
+        key += static_cast<char>(major | 27);
+        for (int b = 7; b >= 0; --b) key += static_cast<char>((len >> (8 * b)) & 0xff);
       }
+      key.append(static_cast<const char*>(pk[i].data), pk[i].size);
+      continue;
     }
-    {
-      stmt vq;
-      if (prepare(vq, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
-      while (sqlite3_step(vq.get()) == SQLITE_ROW) {
-        const char* k = static_cast<const char*>(sqlite3_column_blob(vq.get(), 1));
-        std::size_t n = static_cast<std::size_t>(sqlite3_column_bytes(vq.get(), 1));
-        bloom_add(sqlite3_column_int64(vq.get(), 0), std::string_view(k, n));
-      }
-    }
-    {
-      stmt eq;
-      if (prepare(eq, "PRAGMA encoding") == SQLITE_OK && sqlite3_step(eq.get()) == SQLITE_ROW) {
-        const unsigned char* e = sqlite3_column_text(eq.get(), 0);
-        db_utf8 = e && std::strcmp(reinterpret_cast<const char*>(e), "UTF-8") == 0;
-      } else {
-        db_utf8 = false;
-      }
-    }
-    snk->max_control = cfg.max_pending_control;
-    install_hooks();
-    update_stats();
-    return {};
+    // The bytes encode_value gives (inline: this runs for every captured change).
+    detail::cbor_writer cw(tmp, sizeof tmp);
+    if (pk[i].type == value_type::integer)
+      cw.sint(pk[i].i);
+    else if (pk[i].type == value_type::real)
+      cw.real(pk[i].d);
+    else
+      cw.null();
+    w = cw.overflow() ? 0 : cw.size();
+    key.append(reinterpret_cast<const char*>(tmp), w);
   }
+}
 
-  std::error_code load_incarnation() {
-    stmt q;
-    if (prepare(q, "SELECT value FROM edgecqrs_meta WHERE key='incarnation'"))
-      return sql_fail("incarnation");
-    if (sqlite3_step(q.get()) == SQLITE_ROW && sqlite3_column_bytes(q.get(), 0) == 16) {
-      std::memcpy(incarnation.data(), sqlite3_column_blob(q.get(), 0), 16);
-      return {};
+value_view engine::hook_view(const table_state& t, int col, sqlite3_value* v) const {
+  if (!v) return value_view::null();
+  switch (sqlite3_value_type(v)) {
+    case SQLITE_INTEGER: {
+      std::int64_t i = sqlite3_value_int64(v);
+      if (t.real_affinity[static_cast<std::size_t>(col)])
+        return value_view::real(static_cast<double>(i));
+      return value_view::integer(i);
     }
-    sqlite3_randomness(16, incarnation.data());
-    stmt ins;
-    if (prepare(ins, "INSERT OR REPLACE INTO edgecqrs_meta(key,value) VALUES('incarnation',?1)"))
-      return sql_fail("incarnation");
-    sqlite3_bind_blob(ins.get(), 1, incarnation.data(), 16, SQLITE_STATIC);
-    if (sqlite3_step(ins.get()) != SQLITE_DONE) return sql_fail("incarnation");
-    return {};
-  }
-
-  void install_hooks();
-  void update_stats() {
-    std::lock_guard<std::mutex> lk(stats_mu);
-    st.records_pending = pending_records;
-    st.bytes_pending = pending_bytes;
-    st.in_flight = inflight.size();
-    st.unmanaged_writes_refused = unmanaged_refused;
-  }
-
-  // ---------- capture ----------
-  std::string encode_key(const value_view* pk, std::size_t n) {
-    std::string key;
-    encode_key_into(pk, n, key);
-    return key;
-  }
-  // Appends the key of pk values `pk` to `key`.
-  void encode_key_into(const value_view* pk, std::size_t n, std::string& key) {
-    std::uint8_t tmp[16];
-    for (std::size_t i = 0; i < n; ++i) {
-      std::size_t w = 0;
-      if (pk[i].type == value_type::text || pk[i].type == value_type::blob) {
-        // Header then bytes: avoids a second buffer for long keys.
-        std::uint8_t major = pk[i].type == value_type::text ? 0x60 : 0x40;
-        std::uint64_t len = pk[i].size;
-        if (len < 24) {
-          key += static_cast<char>(major | len);
-        } else {
-          key += static_cast<char>(major | 27);
-          for (int b = 7; b >= 0; --b) key += static_cast<char>((len >> (8 * b)) & 0xff);
-        }
-        key.append(static_cast<const char*>(pk[i].data), pk[i].size);
-        continue;
-      }
-      // The bytes encode_value gives (inline: this runs for every captured change).
-      detail::cbor_writer cw(tmp, sizeof tmp);
-      if (pk[i].type == value_type::integer) cw.sint(pk[i].i);
-      else if (pk[i].type == value_type::real) cw.real(pk[i].d);
-      else cw.null();
-      w = cw.overflow() ? 0 : cw.size();
-      key.append(reinterpret_cast<const char*>(tmp), w);
+    case SQLITE_FLOAT:
+      return value_view::real(sqlite3_value_double(v));
+    case SQLITE_TEXT: {
+      const void* p = db_utf8 ? sqlite3_value_blob(v) : sqlite3_value_text(v);
+      auto n = static_cast<std::size_t>(sqlite3_value_bytes(v));
+      return value_view::text(std::string_view(static_cast<const char*>(p), n));
     }
-  }
-
-  // A value seen by the pre-update hook, as a read would return it: SQLite stores
-  // integer-valued REALs of REAL-affinity columns as integers and converts them on read only.
-  // TEXT is read with sqlite3_value_blob when the database is UTF-8: the same bytes, without
-  // the NUL-terminated copy (a malloc and a free per value) that sqlite3_value_text makes of a
-  // record's unterminated text.
-  value_view hook_view(const table_state& t, int col, sqlite3_value* v) const {
-    if (!v) return value_view::null();
-    switch (sqlite3_value_type(v)) {
-      case SQLITE_INTEGER: {
-        std::int64_t i = sqlite3_value_int64(v);
-        if (t.real_affinity[static_cast<std::size_t>(col)])
-          return value_view::real(static_cast<double>(i));
-        return value_view::integer(i);
-      }
-      case SQLITE_FLOAT: return value_view::real(sqlite3_value_double(v));
-      case SQLITE_TEXT: {
-        const void* p = db_utf8 ? sqlite3_value_blob(v) : sqlite3_value_text(v);
-        auto n = static_cast<std::size_t>(sqlite3_value_bytes(v));
-        return value_view::text(std::string_view(static_cast<const char*>(p), n));
-      }
-      case SQLITE_BLOB: {
-        const void* p = sqlite3_value_blob(v);
-        return value_view::blob(p, static_cast<std::size_t>(sqlite3_value_bytes(v)));
-      }
-      default: return value_view::null();
+    case SQLITE_BLOB: {
+      const void* p = sqlite3_value_blob(v);
+      return value_view::blob(p, static_cast<std::size_t>(sqlite3_value_bytes(v)));
     }
+    default:
+      return value_view::null();
   }
+}
 
-  // Records a change of one key; first-change information wins within the transaction.
-  // Returns the row's entry (nullptr when the dirty set is full); `fresh` when just created.
-  dirty_row* touch(table_state* t, const value_view* pk, bool existed_before, bool& fresh) {
-    fresh = false;
-    std::string& key = key_scratch;
-    key.clear();
-    encode_key_into(pk, t->pk_table_cols.size(), key);
-    std::uint64_t h = key_hash(static_cast<std::int64_t>(t->index), key);
-    std::size_t mask = dirty_slots.size() - 1;
-    std::size_t pos = static_cast<std::size_t>(h) & mask;
-    while (std::uint32_t slot = dirty_slots[pos]) {
-      dirty_row& e = dirty[slot - 1];
-      if (dirty_hashes[slot - 1] == h && e.t == t && key_of(e) == std::string_view(key))
-        return &e;
-      pos = (pos + 1) & mask;
-    }
-    if (n_dirty >= cfg.max_rows_per_transaction) {
-      dirty_overflow = true;
-      return nullptr;
-    }
-    dirty_slots[pos] = static_cast<std::uint32_t>(n_dirty + 1);
-    dirty_hashes.push_back(h);
-    if ((n_dirty + 1) * 2 > dirty_slots.size()) {
-      // Keep the load under one half: rebuild at twice the size.
-      std::vector<std::uint32_t> bigger(dirty_slots.size() * 2);
-      std::size_t m2 = bigger.size() - 1;
-      for (std::size_t i = 0; i < dirty_hashes.size(); ++i) {
-        std::size_t p2 = static_cast<std::size_t>(dirty_hashes[i]) & m2;
-        while (bigger[p2]) p2 = (p2 + 1) & m2;
-        bigger[p2] = static_cast<std::uint32_t>(i + 1);
-      }
-      dirty_slots.swap(bigger);
-    }
-    // Entries are reused across transactions so their buffers keep their capacity (no
-    // allocation per row in steady state); the pool shrinks when it grew large.
-    if (n_dirty == dirty.size()) dirty.emplace_back();
-    dirty_row& d = dirty[n_dirty++];
-    d.t = t;
-    d.key_off = cell_bytes.size();
-    d.key_len = static_cast<std::uint32_t>(key.size());
-    cell_bytes.insert(cell_bytes.end(), key.begin(), key.end());
-    d.existed_before = existed_before;
-    d.have_old = false;
-    d.final_state = 0;
-    d.pk_at = static_cast<std::uint32_t>(cells.size());
-    for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) put_cell(pk[i]);
-    fresh = true;
-    return &d;
+engine::dirty_row* engine::touch(table_state* t, const value_view* pk, bool existed_before,
+                                 bool& fresh) {
+  fresh = false;
+  std::string& key = key_scratch;
+  key.clear();
+  encode_key_into(pk, t->pk_table_cols.size(), key);
+  std::uint64_t h = key_hash(static_cast<std::int64_t>(t->index), key);
+  std::size_t mask = dirty_slots.size() - 1;
+  std::size_t pos = static_cast<std::size_t>(h) & mask;
+  while (std::uint32_t slot = dirty_slots[pos]) {
+    dirty_row& e = dirty[slot - 1];
+    if (dirty_hashes[slot - 1] == h && e.t == t && key_of(e) == std::string_view(key)) return &e;
+    pos = (pos + 1) & mask;
   }
-
-  void clear_dirty() {
-    n_dirty = 0;
-    if (dirty.size() > 4096) dirty.clear();
-    dirty_hashes.clear();
-    if (dirty_slots.size() > 4096) dirty_slots = std::vector<std::uint32_t>(1024);
-    else std::fill(dirty_slots.begin(), dirty_slots.end(), 0u);
-    dirty_overflow = false;
-    rollback_to_seen = false;
-    cached_bytes = 0;
-    // Keep the arena's capacity for the next transaction, unless a big one grew it.
-    if (cells.capacity() > (16u << 10)) std::vector<value_view>().swap(cells);
-    else cells.clear();
-    if (cell_bytes.capacity() > (256u << 10)) std::vector<std::uint8_t>().swap(cell_bytes);
-    else cell_bytes.clear();
+  if (n_dirty >= cfg.max_rows_per_transaction) {
+    dirty_overflow = true;
+    return nullptr;
   }
+  dirty_slots[pos] = static_cast<std::uint32_t>(n_dirty + 1);
+  dirty_hashes.push_back(h);
+  if ((n_dirty + 1) * 2 > dirty_slots.size()) {
+    // Keep the load under one half: rebuild at twice the size.
+    std::vector<std::uint32_t> bigger(dirty_slots.size() * 2);
+    std::size_t m2 = bigger.size() - 1;
+    for (std::size_t i = 0; i < dirty_hashes.size(); ++i) {
+      std::size_t p2 = static_cast<std::size_t>(dirty_hashes[i]) & m2;
+      while (bigger[p2]) p2 = (p2 + 1) & m2;
+      bigger[p2] = static_cast<std::uint32_t>(i + 1);
+    }
+    dirty_slots.swap(bigger);
+  }
+  // Entries are reused across transactions so their buffers keep their capacity (no
+  // allocation per row in steady state); the pool shrinks when it grew large.
+  if (n_dirty == dirty.size()) dirty.emplace_back();
+  dirty_row& d = dirty[n_dirty++];
+  d.t = t;
+  d.key_off = cell_bytes.size();
+  d.key_len = static_cast<std::uint32_t>(key.size());
+  cell_bytes.insert(cell_bytes.end(), key.begin(), key.end());
+  d.existed_before = existed_before;
+  d.have_old = false;
+  d.final_state = 0;
+  d.pk_at = static_cast<std::uint32_t>(cells.size());
+  for (std::size_t i = 0; i < t->pk_table_cols.size(); ++i) put_cell(pk[i]);
+  fresh = true;
+  return &d;
+}
 
-  // The final values come from the hook when safe, which saves re-reading each row at commit.
-  // Not when ROLLBACK TO undid changes without telling the hooks, for tables serialized by SQL
-  // or with generated columns, or beyond a memory budget.
-  static constexpr std::size_t max_cached_bytes = 8u << 20;
-  void set_final_absent(dirty_row& d) { d.final_state = d.t->cache_final ? 2 : 0; }
+void engine::clear_dirty() {
+  n_dirty = 0;
+  if (dirty.size() > 4096) dirty.clear();
+  dirty_hashes.clear();
+  if (dirty_slots.size() > 4096)
+    dirty_slots = std::vector<std::uint32_t>(1024);
+  else
+    std::fill(dirty_slots.begin(), dirty_slots.end(), 0u);
+  dirty_overflow = false;
+  rollback_to_seen = false;
+  cached_bytes = 0;
+  // Keep the arena's capacity for the next transaction, unless a big one grew it.
+  if (cells.capacity() > (16u << 10))
+    std::vector<value_view>().swap(cells);
+  else
+    cells.clear();
+  if (cell_bytes.capacity() > (256u << 10))
+    std::vector<std::uint8_t>().swap(cell_bytes);
+  else
+    cell_bytes.clear();
+}
+
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  // `fin`: the stream columns' new values read by the hook (nullptr: not read, re-read at commit).
-  void set_final_present(dirty_row& d, const value_view* fin) {
-    d.final_state = 0;
-    if (!fin) return;
-    std::size_t n = d.t->sel_table_cols.size();
-    d.fin_at = static_cast<std::uint32_t>(cells.size());
-    for (std::size_t i = 0; i < n; ++i) {
-      cached_bytes += fin[i].size + sizeof(value_view);
-      put_cell(fin[i]);
-    }
-    d.final_state = 1;
+void engine::set_final_present(dirty_row& d, const value_view* fin) {
+  d.final_state = 0;
+  if (!fin) return;
+  std::size_t n = d.t->sel_table_cols.size();
+  d.fin_at = static_cast<std::uint32_t>(cells.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    cached_bytes += fin[i].size + sizeof(value_view);
+    put_cell(fin[i]);
   }
+  d.final_state = 1;
+}
+
 #endif
-  bool rollback_to_seen = false;
-  std::size_t cached_bytes = 0;
-  std::array<std::string, 4> clean_sql;  // statement texts on_trace found without "rollback"
-  std::size_t clean_next = 0;
-  std::size_t clean_hit = 0;       // the entry found (or stored) last
-  std::size_t stmt_hook_rows = 0;  // captured row changes since the last statement ended
-  static int on_trace(unsigned type, void* ctx, void*, void* x) {
-    if (type == SQLITE_TRACE_PROFILE) {
-      // A statement that fails (constraint, SQLITE_FULL...) is undone by SQLite without telling
-      // the hooks, while the transaction goes on; its change count is then 0. Conservative like
-      // ROLLBACK TO: commit re-reads rows instead of trusting the cached final values.
-      auto* m = static_cast<engine*>(ctx);
-      if (m->stmt_hook_rows != 0 && sqlite3_changes(m->db) == 0) m->rollback_to_seen = true;
-      m->stmt_hook_rows = 0;
-      return 0;
-    }
-    if (type != SQLITE_TRACE_STMT || !x) return 0;
-    // Conservative: any statement mentioning ROLLBACK (even in a comment or a literal) makes
-    // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
-    // Runs at the start of every statement (each INSERT of a loop): texts already found clean
-    // are remembered (compared whole, so a new statement at a reused address is rescanned).
+
+int engine::on_trace(unsigned type, void* ctx, void*, void* x) {
+  if (type == SQLITE_TRACE_PROFILE) {
+    // A statement that fails (constraint, SQLITE_FULL...) is undone by SQLite without telling
+    // the hooks, while the transaction goes on; its change count is then 0. Conservative like
+    // ROLLBACK TO: commit re-reads rows instead of trusting the cached final values.
     auto* m = static_cast<engine*>(ctx);
-    const char* sql = static_cast<const char*>(x);
-    // The last text found is compared first: a loop of one statement hits at once.
-    if (std::strcmp(m->clean_sql[m->clean_hit].c_str(), sql) == 0) return 0;
-    for (std::size_t k = 0; k < m->clean_sql.size(); ++k)
-      if (k != m->clean_hit && std::strcmp(m->clean_sql[k].c_str(), sql) == 0) {
-        m->clean_hit = k;
-        return 0;
-      }
-    static const char kWord[] = "rollback";
-    std::size_t len = 0;
-    for (const char* p = sql; *p; ++p, ++len) {
-      std::size_t i = 0;
-      while (kWord[i] && (p[i] | 0x20) == kWord[i]) ++i;
-      if (!kWord[i]) {
-        m->rollback_to_seen = true;
-        return 0;
-      }
-    }
-    if (len <= 512) {
-      m->clean_sql[m->clean_next].assign(sql, len);
-      m->clean_hit = m->clean_next;
-      m->clean_next = (m->clean_next + 1) % m->clean_sql.size();
-    }
+    if (m->stmt_hook_rows != 0 && sqlite3_changes(m->db) == 0) m->rollback_to_seen = true;
+    m->stmt_hook_rows = 0;
     return 0;
   }
+  if (type != SQLITE_TRACE_STMT || !x) return 0;
+  // Conservative: any statement mentioning ROLLBACK (even in a comment or a literal) makes
+  // commit re-read rows; a miss would publish values that ROLLBACK TO undid.
+  // Runs at the start of every statement (each INSERT of a loop): texts already found clean
+  // are remembered (compared whole, so a new statement at a reused address is rescanned).
+  auto* m = static_cast<engine*>(ctx);
+  const char* sql = static_cast<const char*>(x);
+  // The last text found is compared first: a loop of one statement hits at once.
+  if (std::strcmp(m->clean_sql[m->clean_hit].c_str(), sql) == 0) return 0;
+  for (std::size_t k = 0; k < m->clean_sql.size(); ++k)
+    if (k != m->clean_hit && std::strcmp(m->clean_sql[k].c_str(), sql) == 0) {
+      m->clean_hit = k;
+      return 0;
+    }
+  static const char kWord[] = "rollback";
+  std::size_t len = 0;
+  for (const char* p = sql; *p; ++p, ++len) {
+    std::size_t i = 0;
+    while (kWord[i] && (p[i] | 0x20) == kWord[i]) ++i;
+    if (!kWord[i]) {
+      m->rollback_to_seen = true;
+      return 0;
+    }
+  }
+  if (len <= 512) {
+    m->clean_sql[m->clean_next].assign(sql, len);
+    m->clean_hit = m->clean_next;
+    m->clean_next = (m->clean_next + 1) % m->clean_sql.size();
+  }
+  return 0;
+}
 
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-  static void on_preupdate(void* ctx, sqlite3* db, int op, const char* zdb, const char* ztab,
-                           sqlite3_int64, sqlite3_int64) {
-    auto* m = static_cast<engine*>(ctx);
-    if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
-    table_state* t = m->lookup_table(ztab);
-    if (!t || !t->produce) return;
-    ++m->stmt_hook_rows;
-    std::size_t npk = t->pk_table_cols.size();
-    bool fresh = false;
-    if (op == SQLITE_DELETE || op == SQLITE_UPDATE) {
-      std::vector<value_view>& ok = m->hook_old;
-      ok.resize(npk);
-      for (std::size_t i = 0; i < npk; ++i) {
-        sqlite3_value* v = nullptr;
-        sqlite3_preupdate_old(db, t->pk_table_cols[i], &v);
-        ok[i] = m->hook_view(*t, t->pk_table_cols[i], v);
-      }
-      dirty_row* old_row = m->touch(t, ok.data(), true, fresh);
-      if (old_row && fresh && !t->compare_table_cols.empty()) {
-        old_row->have_old = true;
-        old_row->old_at = static_cast<std::uint32_t>(m->cells.size());
-        for (int c : t->compare_table_cols) {
-          sqlite3_value* v = nullptr;
-          sqlite3_preupdate_old(db, c, &v);
-          m->put_cell(m->hook_view(*t, c, v));
-        }
-      }
-      // Gone unless the same key comes back below (UPDATE keeping its key).
-      if (old_row) m->set_final_absent(*old_row);
+void engine::on_preupdate(void* ctx, sqlite3* db, int op, const char* zdb, const char* ztab,
+                          sqlite3_int64, sqlite3_int64) {
+  auto* m = static_cast<engine*>(ctx);
+  if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
+  table_state* t = m->lookup_table(ztab);
+  if (!t || !t->produce) return;
+  ++m->stmt_hook_rows;
+  std::size_t npk = t->pk_table_cols.size();
+  bool fresh = false;
+  if (op == SQLITE_DELETE || op == SQLITE_UPDATE) {
+    std::vector<value_view>& ok = m->hook_old;
+    ok.resize(npk);
+    for (std::size_t i = 0; i < npk; ++i) {
+      sqlite3_value* v = nullptr;
+      sqlite3_preupdate_old(db, t->pk_table_cols[i], &v);
+      ok[i] = m->hook_view(*t, t->pk_table_cols[i], v);
     }
-    if (op == SQLITE_INSERT || op == SQLITE_UPDATE) {
-      // New values of the stream columns first (when they may be kept), then the key, taken
-      // from them when the pk columns are among the stream columns.
-      std::size_t nsel = t->sel_table_cols.size();
-      std::vector<value_view>& nv = m->hook_new;
-      nv.resize(nsel + npk);
-      bool have_fin = t->cache_final && m->cached_bytes <= max_cached_bytes;
-      for (std::size_t i = 0; have_fin && i < nsel; ++i) {
+    dirty_row* old_row = m->touch(t, ok.data(), true, fresh);
+    if (old_row && fresh && !t->compare_table_cols.empty()) {
+      old_row->have_old = true;
+      old_row->old_at = static_cast<std::uint32_t>(m->cells.size());
+      for (int c : t->compare_table_cols) {
         sqlite3_value* v = nullptr;
-        if (sqlite3_preupdate_new(db, t->sel_table_cols[i], &v) != SQLITE_OK) have_fin = false;
-        else nv[i] = m->hook_view(*t, t->sel_table_cols[i], v);
+        sqlite3_preupdate_old(db, c, &v);
+        m->put_cell(m->hook_view(*t, c, v));
       }
-      value_view* nk = nv.data() + nsel;
-      for (std::size_t i = 0; i < npk; ++i) {
-        int at = t->pk_sel_pos[i];
-        if (have_fin && at >= 0) {
-          nk[i] = nv[static_cast<std::size_t>(at)];
-          continue;
-        }
-        sqlite3_value* v = nullptr;
-        sqlite3_preupdate_new(db, t->pk_table_cols[i], &v);
-        nk[i] = m->hook_view(*t, t->pk_table_cols[i], v);
-      }
-      dirty_row* new_row = m->touch(t, nk, false, fresh);
-      if (new_row) m->set_final_present(*new_row, have_fin ? nv.data() : nullptr);
     }
+    // Gone unless the same key comes back below (UPDATE keeping its key).
+    if (old_row) m->set_final_absent(*old_row);
   }
-#else
-  static void on_update(void* ctx, int op, const char* zdb, const char* ztab,
-                        sqlite3_int64 rowid) {
-    auto* m = static_cast<engine*>(ctx);
-    if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
-    table_state* t = m->find_table(ztab);
-    if (!t || !t->produce) return;
-    value_view k = value_view::integer(rowid);
-    bool fresh = false;
-    m->touch(t, &k, op != SQLITE_INSERT, fresh);
+  if (op == SQLITE_INSERT || op == SQLITE_UPDATE) {
+    // New values of the stream columns first (when they may be kept), then the key, taken
+    // from them when the pk columns are among the stream columns.
+    std::size_t nsel = t->sel_table_cols.size();
+    std::vector<value_view>& nv = m->hook_new;
+    nv.resize(nsel + npk);
+    bool have_fin = t->cache_final && m->cached_bytes <= max_cached_bytes;
+    for (std::size_t i = 0; have_fin && i < nsel; ++i) {
+      sqlite3_value* v = nullptr;
+      if (sqlite3_preupdate_new(db, t->sel_table_cols[i], &v) != SQLITE_OK)
+        have_fin = false;
+      else
+        nv[i] = m->hook_view(*t, t->sel_table_cols[i], v);
+    }
+    value_view* nk = nv.data() + nsel;
+    for (std::size_t i = 0; i < npk; ++i) {
+      int at = t->pk_sel_pos[i];
+      if (have_fin && at >= 0) {
+        nk[i] = nv[static_cast<std::size_t>(at)];
+        continue;
+      }
+      sqlite3_value* v = nullptr;
+      sqlite3_preupdate_new(db, t->pk_table_cols[i], &v);
+      nk[i] = m->hook_view(*t, t->pk_table_cols[i], v);
+    }
+    dirty_row* new_row = m->touch(t, nk, false, fresh);
+    if (new_row) m->set_final_present(*new_row, have_fin ? nv.data() : nullptr);
   }
-  // The update hook reports an UPDATE that changes the rowid under the new rowid only; a TEMP
-  // trigger per table reports the old one through this function.
-  static void fn_key_gone(sqlite3_context* ctx, int, sqlite3_value** argv) {
-    auto* m = static_cast<engine*>(sqlite3_user_data(ctx));
-    auto ix = static_cast<std::size_t>(sqlite3_value_int64(argv[0]));
-    if (m->internal_write || ix >= m->tables.size() || !m->tables[ix]->produce) return;
-    value_view k = value_view::integer(sqlite3_value_int64(argv[1]));
-    bool fresh = false;
-    m->touch(m->tables[ix].get(), &k, true, fresh);
-  }
+}
+
 #endif
 
-  static int on_commit(void* ctx) {
-    auto* m = static_cast<engine*>(ctx);
-    if (m->committing || m->internal_write) return 0;
-    if (m->n_dirty == 0 && !m->dirty_overflow) return 0;
-    // A commit that bypasses master::commit() would publish nothing: refuse it.
-    ++m->unmanaged_refused;
-    return 1;
-  }
-  static void on_rollback(void* ctx) {
-    auto* m = static_cast<engine*>(ctx);
-    if (!m->internal_write) m->clear_dirty();
-  }
-  // Defeats the truncate optimisation (which skips the hooks) on registered tables: SQLite then
-  // deletes row by row.
-  static int on_authorize(void* ctx, int action, const char* a1, const char*, const char* zdb,
-                          const char*) {
-    auto* m = static_cast<engine*>(ctx);
-    if (action == SQLITE_DELETE && a1 && (!zdb || std::strcmp(zdb, "main") == 0) &&
-        m->find_table(a1))
-      return SQLITE_IGNORE;
-    return SQLITE_OK;
-  }
+#ifndef EDGECQRS_HAVE_PREUPDATE_HOOK
+void engine::on_update(void* ctx, int op, const char* zdb, const char* ztab, sqlite3_int64 rowid) {
+  auto* m = static_cast<engine*>(ctx);
+  if (m->internal_write || std::strcmp(zdb, "main") != 0) return;
+  table_state* t = m->find_table(ztab);
+  if (!t || !t->produce) return;
+  value_view k = value_view::integer(rowid);
+  bool fresh = false;
+  m->touch(t, &k, op != SQLITE_INSERT, fresh);
+}
 
-  // ---------- registration ----------
-  std::error_code register_table(const table_options& o);
+void engine::fn_key_gone(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  auto* m = static_cast<engine*>(sqlite3_user_data(ctx));
+  auto ix = static_cast<std::size_t>(sqlite3_value_int64(argv[0]));
+  if (m->internal_write || ix >= m->tables.size() || !m->tables[ix]->produce) return;
+  value_view k = value_view::integer(sqlite3_value_int64(argv[1]));
+  bool fresh = false;
+  m->touch(m->tables[ix].get(), &k, true, fresh);
+}
 
-  // ---------- commit ----------
-  std::error_code write_record(table_state& t, int kind, std::uint64_t first_seq,
-                               std::size_t n_events, std::string_view target,
-                               const std::vector<std::uint8_t>* ext,
-                               const std::uint8_t* body, std::size_t body_size,
-                               std::uint64_t& new_records, std::uint64_t& new_bytes) {
-    sqlite3_stmt* s = st_outbox_insert.get();
+#endif
+
+int engine::on_commit(void* ctx) {
+  auto* m = static_cast<engine*>(ctx);
+  if (m->committing || m->internal_write) return 0;
+  if (m->n_dirty == 0 && !m->dirty_overflow) return 0;
+  // A commit that bypasses master::commit() would publish nothing: refuse it.
+  ++m->unmanaged_refused;
+  return 1;
+}
+
+void engine::on_rollback(void* ctx) {
+  auto* m = static_cast<engine*>(ctx);
+  if (!m->internal_write) m->clear_dirty();
+}
+
+int engine::on_authorize(void* ctx, int action, const char* a1, const char*, const char* zdb,
+                         const char*) {
+  auto* m = static_cast<engine*>(ctx);
+  if (action == SQLITE_DELETE && a1 && (!zdb || std::strcmp(zdb, "main") == 0) && m->find_table(a1))
+    return SQLITE_IGNORE;
+  return SQLITE_OK;
+}
+
+std::error_code engine::write_record(table_state& t, int kind, std::uint64_t first_seq,
+                                     std::size_t n_events, std::string_view target,
+                                     const std::vector<std::uint8_t>* ext, const std::uint8_t* body,
+                                     std::size_t body_size, std::uint64_t& new_records,
+                                     std::uint64_t& new_bytes) {
+  sqlite3_stmt* s = st_outbox_insert.get();
+  reset_guard g{s};
+  sqlite3_bind_int64(s, 1, t.stream_id);
+  sqlite3_bind_int(s, 2, kind);
+  sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(first_seq));
+  sqlite3_bind_int64(s, 4, static_cast<sqlite3_int64>(n_events));
+  sqlite3_bind_text(s, 5, target.empty() ? "" : target.data(), static_cast<int>(target.size()),
+                    SQLITE_STATIC);
+  if (ext && !ext->empty())
+    sqlite3_bind_blob(s, 6, ext->data(), static_cast<int>(ext->size()), SQLITE_STATIC);
+  else
+    sqlite3_bind_null(s, 6);
+  sqlite3_bind_blob(s, 7, body_size ? body : reinterpret_cast<const std::uint8_t*>(""),
+                    static_cast<int>(body_size), SQLITE_STATIC);
+  ++new_records;
+  new_bytes += body_size;
+  if (pending_records + new_records > cfg.outbox_max_records ||
+      pending_bytes + new_bytes > cfg.outbox_max_bytes) {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    ++st.outbox_full_refusals;
+    return make_error_code(errc::outbox_full);
+  }
+  if (sqlite3_step(s) != SQLITE_DONE) return sql_fail("outbox insert");
+  return {};
+}
+
+std::uint64_t engine::bump_version(table_state& t, std::string_view key, std::int64_t now,
+                                   bool existed_before, std::error_code& ec) {
+  std::uint64_t v = 0;
+#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
+  if (!existed_before && !bloom_may_have(t.stream_id, key)) return 1;
+#endif
+  bloom_add(t.stream_id, key);
+  {
+    sqlite3_stmt* s = st_version_get.get();
     reset_guard g{s};
     sqlite3_bind_int64(s, 1, t.stream_id);
-    sqlite3_bind_int(s, 2, kind);
-    sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(first_seq));
-    sqlite3_bind_int64(s, 4, static_cast<sqlite3_int64>(n_events));
-    sqlite3_bind_text(s, 5, target.empty() ? "" : target.data(), static_cast<int>(target.size()),
-                      SQLITE_STATIC);
-    if (ext && !ext->empty())
-      sqlite3_bind_blob(s, 6, ext->data(), static_cast<int>(ext->size()), SQLITE_STATIC);
-    else
-      sqlite3_bind_null(s, 6);
-    sqlite3_bind_blob(s, 7, body_size ? body : reinterpret_cast<const std::uint8_t*>(""),
-                      static_cast<int>(body_size), SQLITE_STATIC);
-    ++new_records;
-    new_bytes += body_size;
-    if (pending_records + new_records > cfg.outbox_max_records ||
-        pending_bytes + new_bytes > cfg.outbox_max_bytes) {
-      std::lock_guard<std::mutex> lk(stats_mu);
-      ++st.outbox_full_refusals;
-      return make_error_code(errc::outbox_full);
+    sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+      v = static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
+    else if (rc != SQLITE_DONE) {
+      ec = sql_fail("version");
+      return 0;
     }
-    if (sqlite3_step(s) != SQLITE_DONE) return sql_fail("outbox insert");
-    return {};
   }
-
-  // Read then write (not an UPSERT with RETURNING: SQLite allocates and frees a large buffer
-  // per RETURNING step, which dominated the capture profile). A row without an entry is at
-  // version 1 (rows inserted once and never changed, the common case, cost no version write);
-  // a row that was never there (existed_before false) and has no entry becomes version 1.
-  std::uint64_t bump_version(table_state& t, std::string_view key, std::int64_t now,
-                             bool existed_before, std::error_code& ec) {
-    std::uint64_t v = 0;
+  if (v == 0) {
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-    if (!existed_before && !bloom_may_have(t.stream_id, key)) return 1;
-#endif
-    bloom_add(t.stream_id, key);
-    {
-      sqlite3_stmt* s = st_version_get.get();
-      reset_guard g{s};
-      sqlite3_bind_int64(s, 1, t.stream_id);
-      sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-      int rc = sqlite3_step(s);
-      if (rc == SQLITE_ROW)
-        v = static_cast<std::uint64_t>(sqlite3_column_int64(s, 0));
-      else if (rc != SQLITE_DONE) {
-        ec = sql_fail("version");
-        return 0;
-      }
-    }
-    if (v == 0) {
-#ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
-      if (!existed_before) return 1;
+    if (!existed_before) return 1;
 #else
-      // Without the pre-update hook a REPLACE over an existing row looks like an insert, so
-      // every insert records its version to let the next change outrank it.
-      if (!existed_before) {
-        sqlite3_stmt* s = st_version.get();
-        reset_guard g{s};
-        sqlite3_bind_int64(s, 1, t.stream_id);
-        sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-        sqlite3_bind_int64(s, 3, 1);
-        sqlite3_bind_int64(s, 4, now);
-        if (sqlite3_step(s) != SQLITE_DONE) ec = sql_fail("version");
-        return ec ? 0 : 1;
-      }
-#endif
-      v = 1;  // existing row without an entry: inserted once, or older than its registration
+    // Without the pre-update hook a REPLACE over an existing row looks like an insert, so
+    // every insert records its version to let the next change outrank it.
+    if (!existed_before) {
       sqlite3_stmt* s = st_version.get();
       reset_guard g{s};
       sqlite3_bind_int64(s, 1, t.stream_id);
       sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-      sqlite3_bind_int64(s, 3, 2);
+      sqlite3_bind_int64(s, 3, 1);
       sqlite3_bind_int64(s, 4, now);
-      if (sqlite3_step(s) != SQLITE_DONE) {
-        ec = sql_fail("version");
-        return 0;
-      }
-      return 2;
+      if (sqlite3_step(s) != SQLITE_DONE) ec = sql_fail("version");
+      return ec ? 0 : 1;
     }
-    sqlite3_stmt* s = st_version_upd.get();
+#endif
+    v = 1;  // existing row without an entry: inserted once, or older than its registration
+    sqlite3_stmt* s = st_version.get();
     reset_guard g{s};
     sqlite3_bind_int64(s, 1, t.stream_id);
     sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(v + 1));
+    sqlite3_bind_int64(s, 3, 2);
     sqlite3_bind_int64(s, 4, now);
     if (sqlite3_step(s) != SQLITE_DONE) {
       ec = sql_fail("version");
       return 0;
     }
-    return v + 1;
+    return 2;
   }
+  sqlite3_stmt* s = st_version_upd.get();
+  reset_guard g{s};
+  sqlite3_bind_int64(s, 1, t.stream_id);
+  sqlite3_bind_blob(s, 2, key.data(), static_cast<int>(key.size()), SQLITE_STATIC);
+  sqlite3_bind_int64(s, 3, static_cast<sqlite3_int64>(v + 1));
+  sqlite3_bind_int64(s, 4, now);
+  if (sqlite3_step(s) != SQLITE_DONE) {
+    ec = sql_fail("version");
+    return 0;
+  }
+  return v + 1;
+}
 
-  // Runs the table's serializer on row `rr` (whose values are `vals`): `vals` then view the
-  // serialized values, kept in `owned`.
-  __attribute__((noinline)) std::error_code serialize(const table_state& t, const row_ref& rr,
-                                                      std::vector<value_view>& vals,
-                                                      std::vector<value>& owned) {
-    std::size_t ncol = vals.size();
-    owned.clear();
-    owned.reserve(ncol);
-    for (auto& v : vals) owned.push_back(value::from(v));
-    if (t.serializer(rr, owned) || owned.size() != ncol)
-      return fail(errc::serialization_failed, "serializer of '%' failed", {t.cqrs_id});
-    for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
-    return {};
-  }
-  // Encodes the final state of one dirty row into evbuf; `emitted` false when nothing is sent.
-  std::error_code encode_dirty(dirty_row& d, std::int64_t now, bool& emitted);
-  std::error_code flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
-                        std::uint64_t& n_events);
-  std::error_code emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,
-                                    std::uint64_t& new_records, std::uint64_t& new_bytes) {
-    grpbuf.clear();
-    std::error_code ec = append_encoded(grpbuf, [&](std::uint8_t* b, std::size_t c,
-                                                    std::size_t& w) {
-      return encode_group_head(t0, n, b, c, w);
-    });
-    if (ec) return ec;
-    grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.end());
-    ec = write_record(t, kind_stream, t.next_seq, n, {}, nullptr, grpbuf.data(), grpbuf.size(),
-                      new_records, new_bytes);
-    if (ec) return ec;
-    t.next_seq += n;
-    evbuf.clear();
-    return {};
-  }
+std::error_code engine::serialize(const table_state& t, const row_ref& rr,
+                                  std::vector<value_view>& vals, std::vector<value>& owned) {
+  std::size_t ncol = vals.size();
+  owned.clear();
+  owned.reserve(ncol);
+  for (auto& v : vals) owned.push_back(value::from(v));
+  if (t.serializer(rr, owned) || owned.size() != ncol)
+    return fail(errc::serialization_failed, "serializer of '%' failed", {t.cqrs_id});
+  for (std::size_t i = 0; i < ncol; ++i) vals[i] = owned[i].view();
+  return {};
+}
 
-  // ---------- sync rows (manual sync, re-sync, dump) ----------
-  // Reads rows of `t` matching where_sql and hands groups of sync events to `emit`.
-  std::error_code read_rows(table_state& t, std::string_view where_sql,
-                            const std::vector<sql_param>& params,
-                            fn_ref<std::error_code(std::int64_t t0, std::size_t n,
-                                                   const std::uint8_t* grp, std::size_t size)>
-                                emit,
-                            std::size_t& rows);
+std::error_code engine::emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,
+                                          std::uint64_t& new_records, std::uint64_t& new_bytes) {
+  grpbuf.clear();
+  std::error_code ec = append_encoded(grpbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
+    return encode_group_head(t0, n, b, c, w);
+  });
+  if (ec) return ec;
+  grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.end());
+  ec = write_record(t, kind_stream, t.next_seq, n, {}, nullptr, grpbuf.data(), grpbuf.size(),
+                    new_records, new_bytes);
+  if (ec) return ec;
+  t.next_seq += n;
+  evbuf.clear();
+  return {};
+}
 
-  // ---------- publisher ----------
-  std::error_code poll_locked();
-  std::error_code handle_completions();
-  std::error_code prune();
-  std::error_code publish_pending();
-  std::error_code make_outbox_durable();
-  void heartbeats();
-  std::error_code handle_control(std::size_t table, const control_request& c);
-  std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
-  std::error_code sync_locked(table_state& t, std::string_view where_sql,
-                              const std::vector<sql_param>& params, std::string_view replica,
-                              bool resync, std::size_t* synced);
-  std::error_code internal_txn(fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body);
-  std::error_code subscribe_control(table_state& t);
-  // The hooks name the table with SQLite's own (stable) string: remember the last one.
-  const char* last_name = nullptr;
-  table_state* last_table = nullptr;
-  table_state* lookup_table(const char* ztab) {
-    if (ztab == last_name && last_table && std::strcmp(last_table->table.c_str(), ztab) == 0)
-      return last_table;
-    table_state* t = find_table(ztab);
-    if (t) {
-      last_name = ztab;
-      last_table = t;
-    }
-    return t;
+engine::table_state* engine::lookup_table(const char* ztab) {
+  if (ztab == last_name && last_table && std::strcmp(last_table->table.c_str(), ztab) == 0)
+    return last_table;
+  table_state* t = find_table(ztab);
+  if (t) {
+    last_name = ztab;
+    last_table = t;
   }
-  bool sink_has_work() {
-    std::lock_guard<std::mutex> lk(snk->mu);
-    return !snk->done.empty() || !snk->control.empty();
-  }
-  void wake_bg() {
-    std::lock_guard<std::mutex> lk(bg_mu);
-    bg_wake = true;
-    bg_cv.notify_one();
-  }
-};
-
-}  // namespace
-
-struct master::impl : engine {};
+  return t;
+}
 
 // ============================================================================ hooks
 
@@ -1065,8 +648,7 @@ std::error_code engine::register_table(const table_options& o) {
                 "SELECT name, type, wr FROM pragma_table_list WHERE schema='main' AND "
                 "name=?1 COLLATE NOCASE"))
       return sql_fail("table_list");
-    sqlite3_bind_text(q.get(), 1, o.table.data(), static_cast<int>(o.table.size()),
-                      SQLITE_STATIC);
+    sqlite3_bind_text(q.get(), 1, o.table.data(), static_cast<int>(o.table.size()), SQLITE_STATIC);
     if (sqlite3_step(q.get()) != SQLITE_ROW) {
       return fail(errc::unknown_table, "no such table: '%'", {o.table});
     }
@@ -1294,8 +876,8 @@ std::error_code engine::register_table(const table_options& o) {
       return sql_fail("stream");
     sqlite3_bind_int64(mx.get(), 1, tp->stream_id);
     if (sqlite3_step(mx.get()) == SQLITE_ROW && sqlite3_column_type(mx.get(), 0) != SQLITE_NULL)
-      tp->next_seq = std::max(tp->next_seq,
-                              static_cast<std::uint64_t>(sqlite3_column_int64(mx.get(), 0)));
+      tp->next_seq =
+          std::max(tp->next_seq, static_cast<std::uint64_t>(sqlite3_column_int64(mx.get(), 0)));
     return enqueue_schema(*tp, nr, nb);
   });
   if (ec) return ec;
@@ -1960,8 +1542,8 @@ std::error_code engine::publish_pending() {
           break;
         auto ne = static_cast<std::size_t>(sqlite3_column_int64(s, 4));
         auto n = static_cast<std::size_t>(sqlite3_column_bytes(s, 7));
-        if (!m.ids.empty() && (events + ne > cfg.max_message_events ||
-                               grpbuf.size() + n > cfg.max_message_bytes))
+        if (!m.ids.empty() &&
+            (events + ne > cfg.max_message_events || grpbuf.size() + n > cfg.max_message_bytes))
           break;
         auto* body = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
         std::int64_t t0 = 0;
@@ -1980,19 +1562,18 @@ std::error_code engine::publish_pending() {
         // A record whose t0 cannot be read (never: the master wrote it) expires from now.
         const std::int64_t wall = clk->now_ms();
         const std::int64_t base = oldest_commit_ms == INT64_MAX ? wall : oldest_commit_ms;
-        ttl_ext.expires_ms = base > INT64_MAX - cfg.message_ttl_ms ? INT64_MAX
-                                                                   : base + cfg.message_ttl_ms;
+        ttl_ext.expires_ms =
+            base > INT64_MAX - cfg.message_ttl_ms ? INT64_MAX : base + cfg.message_ttl_ms;
         // MQTT 5: the broker drops it once the time left (rounded up, at least 1 s) has passed;
         // already expired ones still go out, and the replica dead-letters them as "expired".
         const std::int64_t left_ms = ttl_ext.expires_ms - wall;
         const std::int64_t left_s = left_ms <= 0 ? 1 : (left_ms + 999) / 1000;
-        opts.expiry_interval_s = static_cast<std::uint32_t>(
-            std::min<std::int64_t>(left_s, INT32_MAX));
+        opts.expiry_interval_s =
+            static_cast<std::uint32_t>(std::min<std::int64_t>(left_s, INT32_MAX));
       }
       const bool has_ext = ttl_ext.expires_ms != 0;
       if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), has_ext, b, c,
-                                       w);
+            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), has_ext, b, c, w);
           }))
         return ec;
       msgbuf.insert(msgbuf.end(), grpbuf.begin(), grpbuf.end());
@@ -2056,9 +1637,8 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
     ++st.control_handled;
   }
   if (c.op == control_op::schema)
-    return internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) {
-      return enqueue_schema(t, nr, nb);
-    });
+    return internal_txn(
+        [&](std::uint64_t& nr, std::uint64_t& nb) { return enqueue_schema(t, nr, nb); });
   if (c.op == control_op::replay) {
     std::uint64_t head = t.next_seq - 1;
     std::uint64_t from = c.from_seq, to = std::min(c.to_seq, head);
@@ -2137,6 +1717,18 @@ std::error_code engine::poll_locked() {
   heartbeats();
   update_stats();
   return first;
+}
+
+}  // namespace edgecqrs::master_detail
+
+namespace edgecqrs {
+
+using master_detail::append_encoded;
+
+value_view row_ref::get(std::string_view column) const {
+  for (std::size_t i = 0; i < size; ++i)
+    if (columns[i].name == column) return values[i];
+  return value_view::null();
 }
 
 // ============================================================================ master
@@ -2311,8 +1903,7 @@ std::error_code master::sync(std::string_view cqrs_id, std::string_view where_sq
   return m.sync_locked(*tp, where_sql, params, replica, false, synced);
 }
 
-std::error_code master::dump(std::string_view cqrs_id, const std::string& path,
-                             std::size_t* rows) {
+std::error_code master::dump(std::string_view cqrs_id, const std::string& path, std::size_t* rows) {
   return dump(cqrs_id, path, "", {}, rows);
 }
 
@@ -2448,5 +2039,4 @@ bool master::has_preupdate_hook() noexcept {
   return false;
 #endif
 }
-
 }  // namespace edgecqrs
