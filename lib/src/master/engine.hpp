@@ -1,14 +1,14 @@
-// The master engine (private to lib/src/master): the `engine` struct that master::impl is, and the
-// small helpers its files share. One job per file, in data-flow order:
-//   capture.cpp       SQLite hooks -> dirty set (changed keys and values of one transaction)
+// The master engine (private to lib/src/master): the `engine` struct that master::impl is, and
+// the small helpers its files share. One job per file, in data-flow order:
+//   capture.cpp       SQLite hooks -> dirty set (the changed keys of one transaction)
 //   outbox.cpp        dirty set -> encoded events in edgecqrs_outbox, before COMMIT
-//   publisher.cpp     outbox -> transport (durable first, windowed), acks, pruning, heartbeats,
-//   poll control.cpp       replicas' replay and re-sync requests -> direct outbox records sync.cpp
-//   current rows -> sync events (master::sync, re-sync answers) and dump files registration.cpp
-//   setup, register_table, retained schema records, control subscription master.cpp        the
-//   public master API over all of the above
-// Compiled as one unit by default (EDGECQRS_UNITY_ENGINES): names private to one file live in an
-// anonymous namespace in that file only, so the files never define the same name twice.
+//   publisher.cpp     outbox -> transport (durable first, windowed), acks, pruning, heartbeats
+//   control.cpp       replicas' replay and re-sync requests -> direct outbox records
+//   sync.cpp          current rows -> sync events (master::sync, re-sync answers), dump files
+//   registration.cpp  setup, register_table, retained schema records, control subscription
+//   master.cpp        the public master API over all of the above
+// Compiled as one unit by default (EDGECQRS_UNITY_ENGINES): a name private to one file lives in
+// an anonymous namespace in that file only, so no two files define the same name.
 #pragma once
 
 #include <algorithm>
@@ -28,6 +28,7 @@
 #include "edgecqrs/names.hpp"
 #include "master/fast_encode.hpp"
 #include "sqlite_util.hpp"
+
 namespace edgecqrs::master_detail {
 
 using detail::bind_view;

@@ -21,9 +21,6 @@ bool same_value(const value_view& a, const value_view& b) {
 }
 
 }  // namespace
-}  // namespace edgecqrs::master_detail
-
-namespace edgecqrs::master_detail {
 
 std::error_code engine::write_record(table_state& t, int kind, std::uint64_t first_seq,
                                      std::size_t n_events, std::string_view target,

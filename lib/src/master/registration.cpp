@@ -27,9 +27,6 @@ bool ieq(std::string_view a, std::string_view b) {
 }
 
 }  // namespace
-}  // namespace edgecqrs::master_detail
-
-namespace edgecqrs::master_detail {
 
 std::error_code engine::fail(errc e, const char* fmt,
                              std::initializer_list<std::string_view> args) {
