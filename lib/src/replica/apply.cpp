@@ -47,7 +47,8 @@ change replica::impl::make_change(const plan& pl, const event& ev, const apply_c
   return ch;
 }
 
-std::error_code replica::impl::mark_session(const stream& s, std::string_view key, std::uint64_t session) {
+std::error_code replica::impl::mark_session(const stream& s, std::string_view key,
+                                            std::uint64_t session) {
   reset_guard g(q_row_session);
   q_row_session.bind(1, s.sid);
   q_row_session.bind_blob(2, key.data(), key.size());
@@ -58,16 +59,16 @@ std::error_code replica::impl::mark_session(const stream& s, std::string_view ke
 }
 
 // Applies one validated event inside the open transaction. On error the caller rolls back.
-std::error_code replica::impl::apply_event(plan& pl, const event& ev, const apply_ctx& c, outcome& out,
-                            std::string& detail) {
+std::error_code replica::impl::apply_event(plan& pl, const event& ev, const apply_ctx& c,
+                                           outcome& out, std::string& detail) {
   stream& s = *pl.st;
   out = outcome::ignored;
   if (ev.kind == event_kind::sync && !c.direct && s.opts.only_direct_syncs) return {};
   std::string_view key = make_key(pl, ev);
   const bool db_mode = !s.opts.local_table.empty();
   const bool is_delete = ev.kind == event_kind::remove;
-  const bool fast = db_mode && (is_delete ? !s.opts.on_delete
-                                          : !s.opts.on_create && !s.opts.on_update);
+  const bool fast =
+      db_mode && (is_delete ? !s.opts.on_delete : !s.opts.on_create && !s.opts.on_update);
   if (fast) {
     // One conditional write decides; the local statement follows only when it won.
     int changed = 0;
@@ -189,18 +190,27 @@ std::error_code replica::impl::apply_event(plan& pl, const event& ev, const appl
 
 void replica::impl::count(outcome o, replica_stats& d) {
   switch (o) {
-    case outcome::applied: ++d.events_applied; break;
-    case outcome::stale: ++d.skipped_stale; break;
-    case outcome::duplicate: ++d.duplicates; break;
-    case outcome::ignored: ++d.ignored; break;
+    case outcome::applied:
+      ++d.events_applied;
+      break;
+    case outcome::stale:
+      ++d.skipped_stale;
+      break;
+    case outcome::duplicate:
+      ++d.duplicates;
+      break;
+    case outcome::ignored:
+      ++d.ignored;
+      break;
   }
 }
 
 std::error_code replica::impl::prune_tombstones() {
   for (auto& s : streams) {
     statement d;
-    if (d.prepare(db, "DELETE FROM edgecqrs_r_rows WHERE sid=?1 AND deleted=1 AND at_ms<?2"
-                      " AND seq<=?3") != SQLITE_OK)
+    if (d.prepare(db,
+                  "DELETE FROM edgecqrs_r_rows WHERE sid=?1 AND deleted=1 AND at_ms<?2"
+                  " AND seq<=?3") != SQLITE_OK)
       return make_error_code(errc::sqlite_error);
     d.bind(1, s->sid);
     d.bind(2, now() - opts.tombstone_retention_ms);

@@ -6,9 +6,10 @@ namespace edgecqrs {
 
 // Inside a transaction. `existing_id` > 0 updates that dead letter instead (a failed retry).
 std::error_code replica::impl::put_dead_letter(std::string_view cqrs_id, std::string_view topic,
-                                std::string_view key, std::error_code reason,
-                                std::string_view detail, std::uint32_t attempts,
-                                const void* body, std::size_t size, std::int64_t existing_id) {
+                                               std::string_view key, std::error_code reason,
+                                               std::string_view detail, std::uint32_t attempts,
+                                               const void* body, std::size_t size,
+                                               std::int64_t existing_id) {
   if (existing_id > 0) {
     statement u;
     if (u.prepare(db,
@@ -54,8 +55,7 @@ std::error_code replica::impl::put_dead_letter(std::string_view cqrs_id, std::st
   bytes.reset();
   if (total > static_cast<std::int64_t>(opts.max_dead_letter_bytes) && count > 1) {
     statement oldest;
-    if (oldest.prepare(db, "SELECT id, length(body) FROM edgecqrs_r_dead ORDER BY id") !=
-        SQLITE_OK)
+    if (oldest.prepare(db, "SELECT id, length(body) FROM edgecqrs_r_dead ORDER BY id") != SQLITE_OK)
       return make_error_code(errc::sqlite_error);
     std::int64_t cut = 0;
     while (total > static_cast<std::int64_t>(opts.max_dead_letter_bytes) && count > 1 &&
@@ -77,9 +77,10 @@ std::error_code replica::impl::put_dead_letter(std::string_view cqrs_id, std::st
 
 // A whole message that cannot be applied, in its own transaction.
 std::error_code replica::impl::dead_letter_message(std::string_view cqrs_id, std::string_view topic,
-                                    std::error_code reason, std::string_view detail,
-                                    const std::uint8_t* data, std::size_t size,
-                                    std::int64_t existing_id, stream* s, const message* m) {
+                                                   std::error_code reason, std::string_view detail,
+                                                   const std::uint8_t* data, std::size_t size,
+                                                   std::int64_t existing_id, stream* s,
+                                                   const message* m) {
   if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
   std::error_code ec;
   progress p;
@@ -123,8 +124,8 @@ std::error_code replica::impl::retry_dead(std::int64_t id, std::vector<std::int6
   mo.ignore_expiry = true;
   mo.dead_letter_id = id;
   --st.messages;  // a retry is not a new arrival
-  std::error_code ec = handle_message(
-      topic, reinterpret_cast<const std::uint8_t*>(body.data()), body.size(), mo, more);
+  std::error_code ec = handle_message(topic, reinterpret_cast<const std::uint8_t*>(body.data()),
+                                      body.size(), mo, more);
   if (ec) return ec;
   statement del;
   if (del.prepare(db, "DELETE FROM edgecqrs_r_dead WHERE id=?1") != SQLITE_OK)
@@ -149,9 +150,9 @@ std::error_code replica::list_dead_letters(std::vector<dead_letter>& out, std::s
   std::lock_guard<std::mutex> lk(impl_->mu);
   out.clear();
   statement q;
-  if (q.prepare(impl_->db, "SELECT id, at_ms, cqrs_id, topic, key, reason, category, detail,"
-                           " attempts, body FROM edgecqrs_r_dead ORDER BY id LIMIT ?1 OFFSET ?2") !=
-      SQLITE_OK)
+  if (q.prepare(impl_->db,
+                "SELECT id, at_ms, cqrs_id, topic, key, reason, category, detail,"
+                " attempts, body FROM edgecqrs_r_dead ORDER BY id LIMIT ?1 OFFSET ?2") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   // On 32-bit targets size_t is narrower than int64: widen before clamping.
   const std::uint64_t lim = limit;

@@ -108,9 +108,9 @@ struct plan {
   schema sch;
   std::error_code problem;
   std::string problem_detail;
-  std::vector<std::string> local_name;  // per remote column; empty: not mapped
-  statement upsert;                     // DB mode
-  statement remove;                     // DB mode
+  std::vector<std::string> local_name;     // per remote column; empty: not mapped
+  statement upsert;                        // DB mode
+  statement remove;                        // DB mode
   std::vector<std::uint32_t> upsert_cols;  // remote indices bound by `upsert`, in order
 };
 
@@ -120,8 +120,14 @@ struct plan {
 // again once the database accepts writes (tests/reliability/README.md, "Storage faults").
 inline bool storage_fault(int rc) {
   switch (rc & 0xff) {
-    case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_BUSY: case SQLITE_LOCKED:
-    case SQLITE_NOMEM: case SQLITE_READONLY: case SQLITE_CANTOPEN: case SQLITE_PROTOCOL:
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_NOMEM:
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PROTOCOL:
       return true;
     default:
       return false;
@@ -180,13 +186,13 @@ struct replica::impl {
 
   struct apply_ctx {
     bool direct = false;
-    std::uint64_t seq = 0;        // stream seq of the event (0: sync)
-    std::uint64_t session = 0;    // re-sync session to mark rows with (0: none)
+    std::uint64_t seq = 0;      // stream seq of the event (0: sync)
+    std::uint64_t session = 0;  // re-sync session to mark rows with (0: none)
   };
 
   struct msg_opts {
-    bool ignore_expiry = false;      // an operator retrying a dead letter
-    std::int64_t dead_letter_id = 0; // update this dead letter instead of adding one
+    bool ignore_expiry = false;       // an operator retrying a dead letter
+    std::int64_t dead_letter_id = 0;  // update this dead letter instead of adding one
   };
 
   // ---- the message pipeline (pipeline.cpp) ----
@@ -194,9 +200,8 @@ struct replica::impl {
   std::error_code commit_or_rollback(std::error_code ec, std::string_view topic);
   std::error_code not_committed(std::string_view topic, std::string why = {},
                                 std::error_code ec = make_error_code(errc::sqlite_error));
-  std::error_code handle_message(std::string_view topic, const std::uint8_t* data,
-                                 std::size_t size, const msg_opts& mo,
-                                 std::vector<std::int64_t>& to_retry);
+  std::error_code handle_message(std::string_view topic, const std::uint8_t* data, std::size_t size,
+                                 const msg_opts& mo, std::vector<std::int64_t>& to_retry);
 
   // ---- applying one event (apply.cpp) ----
 
@@ -246,8 +251,8 @@ struct replica::impl {
 
   std::error_code put_dead_letter(std::string_view cqrs_id, std::string_view topic,
                                   std::string_view key, std::error_code reason,
-                                  std::string_view detail, std::uint32_t attempts,
-                                  const void* body, std::size_t size, std::int64_t existing_id);
+                                  std::string_view detail, std::uint32_t attempts, const void* body,
+                                  std::size_t size, std::int64_t existing_id);
   std::error_code dead_letter_message(std::string_view cqrs_id, std::string_view topic,
                                       std::error_code reason, std::string_view detail,
                                       const std::uint8_t* data, std::size_t size,

@@ -42,17 +42,17 @@ std::error_code replica::impl::commit_or_rollback(std::error_code ec, std::strin
 // A message that could not be made durable (BEGIN, an apply step or COMMIT failed for a
 // storage reason): counted, described in last_error(); the caller rolled back.
 std::error_code replica::impl::not_committed(std::string_view topic, std::string why,
-                              std::error_code ec) {
+                                             std::error_code ec) {
   if (why.empty()) why = sqlite3_errmsg(db);
   ++st.commit_failures;
-  last_error = "message on '" + std::string(topic) +
-               "' not committed (gap repair fetches it again): " + why;
+  last_error =
+      "message on '" + std::string(topic) + "' not committed (gap repair fetches it again): " + why;
   return ec;
 }
 
 std::error_code replica::impl::handle_message(std::string_view topic, const std::uint8_t* data,
-                               std::size_t size, const msg_opts& mo,
-                               std::vector<std::int64_t>& to_retry) {
+                                              std::size_t size, const msg_opts& mo,
+                                              std::vector<std::int64_t>& to_retry) {
   ++st.messages;
   msg_now = now();
   parsed_topic pt = parse_topic(opts.topic_prefix, topic);
@@ -109,18 +109,18 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
     return dead_letter_message(s.cqrs_id, topic, pl->problem, pl->problem_detail, data, size,
                                mo.dead_letter_id, &s, &m);
   if (!mo.ignore_expiry && m.expires_ms != 0 && m.expires_ms <= now())
-    return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::expired),
-                               "expired " + std::to_string(now() - m.expires_ms) +
-                                   " ms before arrival",
-                               data, size, mo.dead_letter_id, &s, &m);
+    return dead_letter_message(
+        s.cqrs_id, topic, make_error_code(errc::expired),
+        "expired " + std::to_string(now() - m.expires_ms) + " ms before arrival", data, size,
+        mo.dead_letter_id, &s, &m);
   // Sequences are stored as SQLite INTEGER (signed): the last event's seq must neither wrap
   // nor pass 2^63-1.
   if (m.first_seq != 0 && n != 0 &&
       (m.first_seq > static_cast<std::uint64_t>(INT64_MAX) ||
        n - 1 > static_cast<std::uint64_t>(INT64_MAX) - m.first_seq))
     return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::integer_out_of_range),
-                               "stream sequence out of range (wraps or exceeds 2^63-1)", data,
-                               size, mo.dead_letter_id, &s, &m);
+                               "stream sequence out of range (wraps or exceeds 2^63-1)", data, size,
+                               mo.dead_letter_id, &s, &m);
   const std::size_t ncols = pl->sch.columns.size(), npk = pl->sch.pk.size();
   for (std::size_t i = 0; i < n; ++i) {
     const event& ev = m.events[i];
@@ -132,11 +132,11 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
               (ev.kind == event_kind::sync) == (m.first_seq == 0);
     for (const auto& pv : ev.previous) ok = ok && pv.column < ncols;
     if (!ok)
-      return dead_letter_message(
-          s.cqrs_id, topic, make_error_code(errc::schema_mismatch),
-          "event " + std::to_string(i) + " does not fit schema tag " +
-              std::to_string(m.schema_tag) + " (value count, version or kind vs seq)",
-          data, size, mo.dead_letter_id, &s, &m);
+      return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::schema_mismatch),
+                                 "event " + std::to_string(i) + " does not fit schema tag " +
+                                     std::to_string(m.schema_tag) +
+                                     " (value count, version or kind vs seq)",
+                                 data, size, mo.dead_letter_id, &s, &m);
   }
   // The stream state and the re-sync session bookkeeping are computed inside the write
   // transaction from the persisted state (prepare(), after each BEGIN): several replica
@@ -169,8 +169,8 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
     if (r.session != p.resync_session) {
       const bool running = p.resync_session != 0 && p.resync_parts < broken_run;
       const bool stalled = running && msg_now - p.resync_at_ms >= resync_initial_backoff();
-      const bool skipped = std::find(p.resync_skip.begin(), p.resync_skip.end(), r.session) !=
-                           p.resync_skip.end();
+      const bool skipped =
+          std::find(p.resync_skip.begin(), p.resync_skip.end(), r.session) != p.resync_skip.end();
       if (skipped || (running && !stalled)) {
         if (!skipped) {
           p.resync_skip.push_back(r.session);
@@ -183,8 +183,7 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
       if (running) {
         // Stalled: the new session takes over; the old one is ignored from now on.
         p.resync_skip.push_back(p.resync_session);
-        if (p.resync_skip.size() > max_skipped_sessions)
-          p.resync_skip.erase(p.resync_skip.begin());
+        if (p.resync_skip.size() > max_skipped_sessions) p.resync_skip.erase(p.resync_skip.begin());
       }
       p.resync_session = r.session;
       p.resync_parts = 0;

@@ -55,29 +55,32 @@ std::error_code replica::impl::init() {
   // Databases created before re-sync ownership lack its columns.
   {
     statement has;
-    if (has.prepare(db, "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
-                        " WHERE name='resync_want'") != SQLITE_OK ||
+    if (has.prepare(db,
+                    "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
+                    " WHERE name='resync_want'") != SQLITE_OK ||
         has.step() != SQLITE_ROW)
       return make_error_code(errc::sqlite_error);
     const bool missing = has.col_int(0) == 0;
     has.reset();
     if (missing &&
-        exec(db, "BEGIN IMMEDIATE;"
-                 "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_at_ms INTEGER NOT NULL"
-                 " DEFAULT 0;"
-                 "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done INTEGER NOT NULL"
-                 " DEFAULT 0;"
-                 "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done_upto INTEGER NOT NULL"
-                 " DEFAULT 0;"
-                 "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_skip BLOB;"
-                 "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_want INTEGER NOT NULL"
-                 " DEFAULT 0;"
-                 "COMMIT") != SQLITE_OK) {
+        exec(db,
+             "BEGIN IMMEDIATE;"
+             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_at_ms INTEGER NOT NULL"
+             " DEFAULT 0;"
+             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done INTEGER NOT NULL"
+             " DEFAULT 0;"
+             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done_upto INTEGER NOT NULL"
+             " DEFAULT 0;"
+             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_skip BLOB;"
+             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_want INTEGER NOT NULL"
+             " DEFAULT 0;"
+             "COMMIT") != SQLITE_OK) {
       exec(db, "ROLLBACK");
       // Another replica object may have migrated it meanwhile.
       statement again;
-      if (again.prepare(db, "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
-                            " WHERE name='resync_want'") != SQLITE_OK ||
+      if (again.prepare(db,
+                        "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
+                        " WHERE name='resync_want'") != SQLITE_OK ||
           again.step() != SQLITE_ROW || again.col_int(0) == 0)
         return make_error_code(errc::sqlite_error);
     }
@@ -147,7 +150,8 @@ std::error_code replica::open(sqlite3* db, replica_options opts, std::unique_ptr
   if (auto ec = validate_replica_name(opts.name)) return ec;
   if (auto ec = validate_topic_prefix(opts.topic_prefix)) return ec;
   if (!opts.shared_group.empty())
-    if (auto ec = validate_cqrs_id(opts.shared_group)) return make_error_code(errc::invalid_argument);
+    if (auto ec = validate_cqrs_id(opts.shared_group))
+      return make_error_code(errc::invalid_argument);
   if (opts.max_seen_ranges == 0 || opts.max_dead_letters == 0 || opts.reorder_window_ms < 0 ||
       opts.request_backoff_initial_ms <= 0 || opts.retry_initial_ms <= 0 ||
       opts.retry_max_ms < opts.retry_initial_ms)
@@ -166,8 +170,8 @@ std::error_code replica::open(const std::string& path, replica_options opts,
   sqlite3* db = nullptr;
   // NOMUTEX: the replica's own mutex already serializes every use of its connection.
   if (sqlite3_open_v2(path.c_str(), &db,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) !=
-      SQLITE_OK) {
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK) {
     sqlite3_close_v2(db);
     return make_error_code(errc::sqlite_error);
   }
@@ -210,8 +214,9 @@ std::error_code replica::register_table(std::string_view cqrs_id, replica_table_
   }
   s->opts = std::move(topts);
   statement q;
-  if (q.prepare(I.db, "INSERT INTO edgecqrs_r_streams(cqrs_id) VALUES(?1) ON CONFLICT(cqrs_id)"
-                      " DO NOTHING") != SQLITE_OK)
+  if (q.prepare(I.db,
+                "INSERT INTO edgecqrs_r_streams(cqrs_id) VALUES(?1) ON CONFLICT(cqrs_id)"
+                " DO NOTHING") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   q.bind_text(1, cqrs_id);
   if (q.step() != SQLITE_DONE) return make_error_code(errc::sqlite_error);
@@ -232,9 +237,8 @@ std::error_code replica::register_table(std::string_view cqrs_id, replica_table_
     auto topics = I.topics_of(*raw);
     lk.unlock();
     for (const auto& topic : topics) {
-      auto ec = t->subscribe(topic, [this](const incoming_message& m) {
-        on_message(m.topic, m.data, m.size);
-      });
+      auto ec = t->subscribe(
+          topic, [this](const incoming_message& m) { on_message(m.topic, m.data, m.size); });
       if (ec) return ec;
     }
   }
@@ -249,9 +253,8 @@ std::error_code replica::attach(transport& t) {
     for (auto& topic : impl_->topics_of(*s)) topics.push_back(std::move(topic));
   lk.unlock();
   for (const auto& topic : topics) {
-    auto ec = t.subscribe(topic, [this](const incoming_message& m) {
-      on_message(m.topic, m.data, m.size);
-    });
+    auto ec = t.subscribe(
+        topic, [this](const incoming_message& m) { on_message(m.topic, m.data, m.size); });
     if (ec) return ec;
   }
   return {};

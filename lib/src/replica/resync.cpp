@@ -4,7 +4,8 @@
 
 namespace edgecqrs {
 
-void replica::impl::queue_control(const stream& s, control_op op, std::uint64_t from, std::uint64_t to) {
+void replica::impl::queue_control(const stream& s, control_op op, std::uint64_t from,
+                                  std::uint64_t to) {
   if (!tp) return;
   control_request c;
   c.op = op;
@@ -64,10 +65,11 @@ void replica::impl::settle_resync(stream& s) {
 // Inside the transaction: removes rows of the stream the session did not carry and no later
 // stream event touched, then raises the checkpoint.
 std::error_code replica::impl::finish_resync(stream& s, progress& p, const resync_marker& r,
-                              replica_stats& delta) {
+                                             replica_stats& delta) {
   statement q;
-  if (q.prepare(db, "SELECT key, version FROM edgecqrs_r_rows WHERE sid=?1 AND deleted=0 AND"
-                    " session<>?2 AND seq<=?3") != SQLITE_OK)
+  if (q.prepare(db,
+                "SELECT key, version FROM edgecqrs_r_rows WHERE sid=?1 AND deleted=0 AND"
+                " session<>?2 AND seq<=?3") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   q.bind(1, s.sid);
   q.bind(2, static_cast<std::int64_t>(r.session));
@@ -85,8 +87,9 @@ std::error_code replica::impl::finish_resync(stream& s, progress& p, const resyn
       if (v->st == &s && v->sch.incarnation == s.incarnation && !v->problem) pl = v.get();
     if (!pl) return make_error_code(errc::unknown_schema);
     statement tomb;
-    if (tomb.prepare(db, "UPDATE edgecqrs_r_rows SET deleted=1, at_ms=?3 WHERE sid=?1 AND"
-                         " key=?2") != SQLITE_OK)
+    if (tomb.prepare(db,
+                     "UPDATE edgecqrs_r_rows SET deleted=1, at_ms=?3 WHERE sid=?1 AND"
+                     " key=?2") != SQLITE_OK)
       return make_error_code(errc::sqlite_error);
     for (const auto& [key, version] : gone) {
       event ev;
@@ -159,8 +162,8 @@ std::error_code replica::impl::poll_locked() {
       }
       if (sent < max_replays_per_poll && s.prog.head >= from)
         queue_control(s, control_op::replay, from, s.prog.head);
-      s.replay_backoff_ms = std::min(std::max<std::int64_t>(s.replay_backoff_ms, 1) * 2,
-                                     opts.request_backoff_max_ms);
+      s.replay_backoff_ms =
+          std::min(std::max<std::int64_t>(s.replay_backoff_ms, 1) * 2, opts.request_backoff_max_ms);
       s.next_replay_ms = t + s.replay_backoff_ms;
     }
   }

@@ -5,7 +5,8 @@
 namespace edgecqrs {
 
 // One event as a message of its own (kept for retries and dead letters).
-std::error_code replica::impl::encode_single(const message& m, std::size_t i, std::vector<std::uint8_t>& out) {
+std::error_code replica::impl::encode_single(const message& m, std::size_t i,
+                                             std::vector<std::uint8_t>& out) {
   message one;
   one.schema_tag = m.schema_tag;
   one.first_seq = m.seq_of(i);
@@ -20,8 +21,9 @@ std::error_code replica::impl::encode_single(const message& m, std::size_t i, st
   return {};
 }
 
-std::error_code replica::impl::schedule_retry(stream& s, std::string_view topic, const message& m, std::size_t i,
-                               std::error_code reason, const std::string& detail) {
+std::error_code replica::impl::schedule_retry(stream& s, std::string_view topic, const message& m,
+                                              std::size_t i, std::error_code reason,
+                                              const std::string& detail) {
   std::vector<std::uint8_t> body;
   if (auto ec = encode_single(m, i, body)) return ec;
   std::string key(keybuf);
@@ -52,8 +54,9 @@ std::error_code replica::impl::schedule_retry(stream& s, std::string_view topic,
 std::error_code replica::impl::run_due_retries() {
   msg_now = now();
   statement q;
-  if (q.prepare(db, "SELECT id, sid, topic, body, attempts, first_ms FROM edgecqrs_r_retries"
-                    " WHERE next_ms<=?1 ORDER BY next_ms LIMIT ?2") != SQLITE_OK)
+  if (q.prepare(db,
+                "SELECT id, sid, topic, body, attempts, first_ms FROM edgecqrs_r_retries"
+                " WHERE next_ms<=?1 ORDER BY next_ms LIMIT ?2") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   q.bind(1, steady());
   q.bind(2, max_retries_per_poll);
@@ -126,8 +129,9 @@ std::error_code replica::impl::run_due_retries() {
       std::int64_t delay = opts.retry_initial_ms;
       for (std::uint32_t k = 0; k < attempts && delay < opts.retry_max_ms; ++k) delay *= 2;
       delay = std::min(delay, opts.retry_max_ms);
-      if (u.prepare(db, "UPDATE edgecqrs_r_retries SET attempts=?2, next_ms=?3, reason=?4,"
-                        " detail=?5 WHERE id=?1") != SQLITE_OK)
+      if (u.prepare(db,
+                    "UPDATE edgecqrs_r_retries SET attempts=?2, next_ms=?3, reason=?4,"
+                    " detail=?5 WHERE id=?1") != SQLITE_OK)
         ec2 = make_error_code(errc::sqlite_error);
       else {
         u.bind(1, d.id);
@@ -146,9 +150,12 @@ std::error_code replica::impl::run_due_retries() {
     }
     if (!ec) {
       ++st.retries_succeeded;
-      if (o == outcome::applied) ++st.events_applied;
-      else if (o == outcome::stale) ++st.skipped_stale;
-      else if (o == outcome::duplicate) ++st.duplicates;
+      if (o == outcome::applied)
+        ++st.events_applied;
+      else if (o == outcome::stale)
+        ++st.skipped_stale;
+      else if (o == outcome::duplicate)
+        ++st.duplicates;
     }
   }
   return {};

@@ -4,12 +4,14 @@
 
 namespace edgecqrs {
 
-std::error_code replica::impl::load_local_columns(const std::string& table, std::vector<local_column>& out) {
+std::error_code replica::impl::load_local_columns(const std::string& table,
+                                                  std::vector<local_column>& out) {
   out.clear();
   statement q;
   // table_xinfo is a table-valued pragma; the table name is bound, never spliced.
-  if (q.prepare(db, "SELECT name, type, \"notnull\", dflt_value, pk, hidden"
-                    " FROM pragma_table_xinfo(?1)") != SQLITE_OK)
+  if (q.prepare(db,
+                "SELECT name, type, \"notnull\", dflt_value, pk, hidden"
+                " FROM pragma_table_xinfo(?1)") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   q.bind_text(1, table);
   int rc;
@@ -86,8 +88,10 @@ void replica::impl::build_plan(plan& pl) {
   std::sort(mapped_pk.begin(), mapped_pk.end());
   if (local_pk != mapped_pk) {
     pl.problem = make_error_code(errc::schema_mismatch);
-    pl.problem_detail = "stream '" + s.cqrs_id + "': the master's key does not map onto the"
-                        " PRIMARY KEY of local table '" + s.opts.local_table + "'";
+    pl.problem_detail = "stream '" + s.cqrs_id +
+                        "': the master's key does not map onto the"
+                        " PRIMARY KEY of local table '" +
+                        s.opts.local_table + "'";
     return;
   }
   if (!s.opts.on_create) {
@@ -99,8 +103,8 @@ void replica::impl::build_plan(plan& pl) {
         if (ln == c.name) carried = true;
       if (!carried) {
         pl.problem = make_error_code(errc::missing_required_column);
-        pl.problem_detail = "stream '" + s.cqrs_id + "': local column '" + c.name +
-                            "' of table '" + s.opts.local_table +
+        pl.problem_detail = "stream '" + s.cqrs_id + "': local column '" + c.name + "' of table '" +
+                            s.opts.local_table +
                             "' is NOT NULL without a default, and the master's events do not"
                             " carry it (map a remote column to it or give it a default)";
         return;
@@ -167,17 +171,18 @@ plan* replica::impl::find_plan(stream& s, std::uint32_t tag) {
   return raw;
 }
 
-std::error_code replica::impl::handle_schema(stream& s, std::string_view topic, const std::uint8_t* data,
-                              std::size_t size, const msg_opts& mo,
-                              std::vector<std::int64_t>& to_retry) {
+std::error_code replica::impl::handle_schema(stream& s, std::string_view topic,
+                                             const std::uint8_t* data, std::size_t size,
+                                             const msg_opts& mo,
+                                             std::vector<std::int64_t>& to_retry) {
   schema sch;
   if (auto ec = decode_schema(data, size, sch, opts.limits))
-    return dead_letter_message(s.cqrs_id, topic, ec, ec.message(), data, size,
-                               mo.dead_letter_id, nullptr, nullptr);
+    return dead_letter_message(s.cqrs_id, topic, ec, ec.message(), data, size, mo.dead_letter_id,
+                               nullptr, nullptr);
   if (sch.cqrs_id != s.cqrs_id || sch.pk.empty())
     return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::schema_mismatch),
-                               "schema message names another CQRS_ID or has no key", data,
-                               size, mo.dead_letter_id, nullptr, nullptr);
+                               "schema message names another CQRS_ID or has no key", data, size,
+                               mo.dead_letter_id, nullptr, nullptr);
   if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
   // Decide from the persisted state: another replica object on this database may have seen
   // this schema (or a new incarnation) already.
@@ -204,9 +209,10 @@ std::error_code replica::impl::handle_schema(stream& s, std::string_view topic, 
     // Bounded: the most recent schemas of a stream are kept (older tags then park their
     // messages and ask for the schema again).
     statement trim;
-    if (trim.prepare(db, "DELETE FROM edgecqrs_r_schemas WHERE sid=?1 AND rowid NOT IN (SELECT"
-                         " rowid FROM edgecqrs_r_schemas WHERE sid=?1 ORDER BY rowid DESC"
-                         " LIMIT ?2)") != SQLITE_OK)
+    if (trim.prepare(db,
+                     "DELETE FROM edgecqrs_r_schemas WHERE sid=?1 AND rowid NOT IN (SELECT"
+                     " rowid FROM edgecqrs_r_schemas WHERE sid=?1 ORDER BY rowid DESC"
+                     " LIMIT ?2)") != SQLITE_OK)
       ec = make_error_code(errc::sqlite_error);
     else {
       trim.bind(1, s.sid);
@@ -249,8 +255,9 @@ std::error_code replica::impl::handle_schema(stream& s, std::string_view topic, 
   if (pl && pl->problem) last_error = pl->problem_detail;
   // Messages parked for want of this schema can be applied now.
   statement q;
-  if (q.prepare(db, "SELECT id FROM edgecqrs_r_dead WHERE cqrs_id=?1 AND reason=?2 AND"
-                    " category=?3 ORDER BY id") == SQLITE_OK) {
+  if (q.prepare(db,
+                "SELECT id FROM edgecqrs_r_dead WHERE cqrs_id=?1 AND reason=?2 AND"
+                " category=?3 ORDER BY id") == SQLITE_OK) {
     q.bind_text(1, s.cqrs_id);
     q.bind(2, static_cast<int>(errc::unknown_schema));
     q.bind_text(3, edgecqrs_category().name());
