@@ -64,8 +64,11 @@ struct paho_stats {
 //
 // Threading: publish, subscribe, unsubscribe, connected, max_in_flight, stats are thread-safe.
 // Callbacks (publish_callback, message_callback) run on Paho's callback thread, one at a time.
-// A message is acknowledged to the broker when its message_callback returns (Paho C++ 1.2 has no
-// manual acknowledgement), so the callback must make the message durable before returning. An
+// A message is acknowledged to the broker when its message_callback returns *only while Paho C's
+// message queue is empty and the client is connected* (Paho C 1.3.12, MQTTProtocol_handlePublishes);
+// otherwise Paho queues it and sends PUBACK at once, before the callback runs. Paho C++ 1.2 has no
+// manual acknowledgement. So the callback should make the message durable before returning (the
+// common path), and the protocol must not rely on it (docs/replication.md section 6). An
 // exception escaping the callback is caught and counted; the message is acknowledged anyway.
 // subscribe/unsubscribe called from inside a callback do not wait for the broker's answer.
 //
