@@ -219,6 +219,14 @@ TEST_CASE(
     args += ' ';
     args += words[i - 1] == "--config" ? "'" + cfg + "'" : words[i];
   }
+  // --quiet prints nothing to wait for, so the broker session (and its subscriptions) is made
+  // first by a plain run; events published before the unit's run connects wait in it.
+  {
+    consume_proc first(cfg, d.file("first.err"));
+    REQUIRE_MESSAGE(wait_for([&] { return first.log_has("replica 'gw1' on"); }),
+                    edgecqrs::test::read_file(first.err_file));
+    REQUIRE(first.stop(SIGTERM) == 0);
+  }
   auto c = std::make_unique<consume_proc>(args, d.file("consume.err"), 0);
   REQUIRE(run("-q sync --db '" + mdb + "' -c item --where '0' --broker " + broker.uri()) == 0);
   CHECK_MESSAGE(wait_for([&] { return count_of(rdb, "SELECT count(*) FROM item") == 100; }),
