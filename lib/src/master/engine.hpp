@@ -277,7 +277,7 @@ struct engine {
   std::atomic<bool> in_txn{false};
   std::thread::id txn_owner;
 
-  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
+  stmt st_version, st_version_upd, st_outbox_insert, st_pending, st_ack,
       st_version_get, st_outbox_top, st_sync_level;
   byte_buffer evbuf;
   std::vector<std::uint8_t> grpbuf, msgbuf;
@@ -464,6 +464,8 @@ struct engine {
                                                       std::vector<value>& owned);
   // Encodes the final state of one dirty row into evbuf; `emitted` false when nothing is sent.
   std::error_code encode_dirty(dirty_row& d, std::int64_t now, bool& emitted);
+  // Refuses the commit of a row whose event (`size` bytes) exceeds max_record_bytes.
+  __attribute__((noinline, cold)) std::error_code too_large(const dirty_row& d, std::size_t size);
   std::error_code flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                         std::uint64_t& n_events);
   std::error_code emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,

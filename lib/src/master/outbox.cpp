@@ -278,8 +278,26 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
   return ec;
 }
 
+std::error_code engine::too_large(const dirty_row& d, std::size_t size) {
+  std::string key;
+  for (std::size_t i = 0; i < d.t->pk_table_cols.size(); ++i) {
+    value_view v = cell(d.pk_at + i);
+    if (i) key += ", ";
+    if (v.type == value_type::integer)
+      key += std::to_string(v.i);
+    else if (v.type == value_type::text)
+      key.append(static_cast<const char*>(v.data), v.size);
+    else
+      key += '?';
+  }
+  return fail(errc::too_large, "row (%) of table '%' encodes to % bytes, over max_record_bytes %",
+              {key, d.t->table, decimal(size), decimal(cfg.max_record_bytes)});
+}
+
 std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                               std::uint64_t& n_events) {
+  // First: every failure path below (and a failed COMMIT) restores these in master::commit.
+  for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   if (dirty_overflow) {
     return fail(errc::outbox_full,
                 "more than max_rows_per_transaction rows changed in one transaction");
@@ -291,7 +309,6 @@ std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_byt
   per_table.resize(tables.size());
   for (auto& v : per_table) v.clear();
   for (std::size_t i = 0; i < n_dirty; ++i) per_table[dirty[i].t->index].push_back(i);
-  for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   for (std::size_t ti = 0; ti < tables.size(); ++ti) {
     if (per_table[ti].empty()) continue;
     table_state& t = *tables[ti];
@@ -299,8 +316,13 @@ std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_byt
     std::size_t n = 0;
     for (std::size_t idx : per_table[ti]) {
       bool emitted = false;
+      const std::size_t before = evbuf.size();
       if (auto ec = encode_dirty(dirty[idx], now, emitted)) return ec;
       if (!emitted) continue;
+      // One event never exceeds a record: what a replica's decoder is sized for (a larger one
+      // would be rejected there without its seq being handled, and asked for again forever).
+      if (evbuf.size() - before > cfg.max_record_bytes)
+        return too_large(dirty[idx], evbuf.size() - before);
       ++n;
       ++n_events;
       if (n >= cfg.max_record_events || evbuf.size() >= cfg.max_record_bytes) {

@@ -127,14 +127,17 @@ std::error_code engine::prune() {
   }
   std::error_code ec = internal_txn([&](std::uint64_t&, std::uint64_t&) -> std::error_code {
     if (upto) {
-      // Pruned records no longer tell the stream's head: store it first.
-      for (auto& tp : tables) {
-        sqlite3_stmt* su = st_stream_update.get();
-        reset_guard g{su};
-        sqlite3_bind_int64(su, 1, tp->stream_id);
-        sqlite3_bind_int64(su, 2, static_cast<sqlite3_int64>(tp->next_seq));
-        if (sqlite3_step(su) != SQLITE_DONE) return sql_fail("stream seq");
-      }
+      // Pruned records no longer tell the stream's head: store it first, for every stream
+      // that loses records (registered by this process or not: from its records).
+      stmt su;
+      if (prepare(su,
+                  "UPDATE edgecqrs_stream SET next_seq=max(next_seq,coalesce((SELECT "
+                  "max(first_seq+n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
+                  "stream=edgecqrs_stream.rowid),0)) WHERE rowid IN (SELECT stream FROM "
+                  "edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1)"))
+        return sql_fail("stream seq");
+      sqlite3_bind_int64(su.get(), 1, upto);
+      if (sqlite3_step(su.get()) != SQLITE_DONE) return sql_fail("stream seq");
       stmt del;
       if (prepare(del, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
         return sql_fail("prune");

@@ -76,7 +76,6 @@ std::error_code engine::init() {
       {&engine::st_outbox_insert,
        "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,target,ext,body) "
        "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
-      {&engine::st_stream_update, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1"},
       {&engine::st_pending,
        "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM edgecqrs_outbox WHERE "
        "id>?1 AND acked=0 ORDER BY id LIMIT ?2"},

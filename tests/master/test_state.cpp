@@ -1,0 +1,121 @@
+// Master-side state (issue 16): stream seqs after refused transactions, pruning of streams the
+// process did not register, oversize rows, schema tags of pending records, bounds at their edges.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "edgecqrs/errors.hpp"
+#include "edgecqrs/names.hpp"
+#include "master_fixture.hpp"
+#include "test_support.hpp"
+
+using namespace edgecqrs;
+using namespace edgecqrs::test;
+
+namespace {
+
+struct state_fixture : master_fixture {
+  explicit state_fixture(master_config cfg = {}, const std::string& path = ":memory:")
+      : master_fixture(cfg, path) {
+    add_table("CREATE TABLE t(id INTEGER PRIMARY KEY, x)", stream_of("t"));
+  }
+  void insert(int id) {
+    REQUIRE_FALSE(
+        txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
+  }
+  // Re-attaches the master on the same connection (a process restart).
+  void restart(const master_config& cfg, std::initializer_list<const char*> ids) {
+    m.reset();
+    REQUIRE_FALSE(master::attach(db, cfg, pub_client.get(), m, clk));
+    for (const char* id : ids) REQUIRE_FALSE(m->register_table(stream_of(id)));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("16.1: a transaction refused for max_rows_per_transaction does not rewind stream seqs") {
+  master_config cfg;
+  cfg.max_rows_per_transaction = 3;
+  state_fixture f(cfg);
+  f.insert(1);
+  f.insert(2);
+  f.drain();
+  // A retention DELETE of too many rows (4 > 3) is refused and rolled back.
+  CHECK(f.txn("INSERT INTO t VALUES(10,1),(11,1),(12,1),(13,1)") == errc::outbox_full);
+  CHECK(f.m->head_seq("t") == 2);
+  f.insert(3);
+  f.insert(4);
+  f.drain();
+  CHECK(f.seqs("t") == std::vector<std::uint64_t>{1, 2, 3, 4});
+  CHECK(f.m->head_seq("t") == 4);
+}
+
+TEST_CASE("16.1: a failed COMMIT of a transaction without captured rows keeps stream seqs") {
+  state_fixture f;
+  f.insert(1);
+  f.insert(2);
+  // A body that changes nothing captured, whose COMMIT fails (a deferred foreign key).
+  f.sql("CREATE TABLE p(id INTEGER PRIMARY KEY)");
+  f.sql("CREATE TABLE c(id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id) DEFERRABLE "
+        "INITIALLY DEFERRED)");
+  CHECK(f.txn("INSERT INTO c VALUES(1, 99)"));
+  f.insert(3);
+  f.drain();
+  CHECK(f.seqs("t") == std::vector<std::uint64_t>{1, 2, 3});
+}
+
+TEST_CASE("16.11: prune saves the head of streams this process did not register") {
+  temp_dir dir("mstate");
+  const std::string path = dir.file("m.db");
+  master_config cfg;
+  state_fixture f(cfg, path);
+  f.sql("CREATE TABLE u(id INTEGER PRIMARY KEY, y)");
+  REQUIRE_FALSE(f.m->register_table(stream_of("u")));
+  for (int i = 1; i <= 3; ++i)
+    REQUIRE_FALSE(f.txn("INSERT INTO u VALUES(" + std::to_string(i) + ", 0)"));
+  f.drain();
+  CHECK(f.m->head_seq("u") == 3);
+  // A process that registers only "t" and keeps one record for replay prunes u's records too.
+  cfg.replay_keep_records = 1;
+  f.restart(cfg, {"t"});
+  for (int i = 1; i <= 4; ++i) f.insert(i);
+  f.drain();
+  f.drain();
+  CHECK(f.count("SELECT count(*) FROM edgecqrs_outbox WHERE kind=0 AND stream=(SELECT rowid FROM "
+                "edgecqrs_stream WHERE cqrs_id='u')") == 0);
+  // Registered again: u continues after its last published seq.
+  f.restart(master_config{}, {"t", "u"});
+  CHECK(f.m->head_seq("u") == 3);
+  f.clear();
+  REQUIRE_FALSE(f.txn("INSERT INTO u VALUES(9, 0)"));
+  f.drain();
+  CHECK(f.seqs("u") == std::vector<std::uint64_t>{4});
+}
+
+TEST_CASE("16.7: a row larger than a record can carry is refused at commit, nothing published") {
+  state_fixture f;
+  f.insert(1);
+  f.drain();
+  f.clear();
+  master_config defaults;
+  // A value whose event exceeds max_record_bytes (and a replica's default string limit).
+  std::string big = "x'" + std::string(2 * (defaults.max_record_bytes + 10), 'a') + "'";
+  CHECK(f.txn("INSERT INTO t VALUES(7, " + big + ")") == errc::too_large);
+  const std::string msg = f.m->last_error_message();
+  // Table, key, the event's size (value and encoding) and the bound.
+  CHECK(msg == "row (7) of table 't' encodes to " +
+                   std::to_string(defaults.max_record_bytes + 10 + 9) +
+                   " bytes, over max_record_bytes " + std::to_string(defaults.max_record_bytes));
+  CHECK(f.count("SELECT count(*) FROM t") == 1);
+  // Same for an update that grows a row beyond the bound.
+  CHECK(f.txn("UPDATE t SET x=" + big + " WHERE id=1") == errc::too_large);
+  f.drain();
+  CHECK(f.got.empty());
+  // The master keeps working; a value just under the bound is published and decodes with a
+  // replica's default limits (the fixture's observer decodes every message).
+  f.insert(2);
+  std::string under = "x'" + std::string(2 * (defaults.max_record_bytes - 64), 'b') + "'";
+  REQUIRE_FALSE(f.txn("INSERT INTO t VALUES(8, " + under + ")"));
+  f.drain();
+  CHECK(f.seqs("t") == std::vector<std::uint64_t>{2, 3});
+}
