@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "edgecqrs/codec.hpp"
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/names.hpp"
 #include "master_fixture.hpp"
@@ -118,4 +119,30 @@ TEST_CASE("16.7: a row larger than a record can carry is refused at commit, noth
   REQUIRE_FALSE(f.txn("INSERT INTO t VALUES(8, " + under + ")"));
   f.drain();
   CHECK(f.seqs("t") == std::vector<std::uint64_t>{2, 3});
+}
+
+TEST_CASE("16.5: an outbox of an older version gets its tag column; pending records the tag") {
+  state_fixture f;
+  f.m->set_transport(nullptr);
+  f.insert(1);
+  f.insert(2);
+  f.m.reset();
+  // The outbox as older versions created it (no `tag`), with the two pending records.
+  f.sql("CREATE TABLE old_outbox(id INTEGER PRIMARY KEY, stream INTEGER NOT NULL, kind INTEGER "
+        "NOT NULL, first_seq INTEGER NOT NULL, n_events INTEGER NOT NULL, target TEXT NOT NULL "
+        "DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0)");
+  f.sql("INSERT INTO old_outbox SELECT id,stream,kind,first_seq,n_events,target,ext,body,acked "
+        "FROM edgecqrs_outbox");
+  f.sql("DROP TABLE edgecqrs_outbox");
+  f.sql("ALTER TABLE old_outbox RENAME TO edgecqrs_outbox");
+  f.sql("DROP TABLE edgecqrs_schema");
+  f.restart(master_config{}, {"t"});
+  schema sch;
+  REQUIRE(f.m->schema_of("t", sch));
+  CHECK(f.count("SELECT count(*) FROM edgecqrs_outbox WHERE tag<>" +
+                std::to_string(sch.schema_tag)) == 0);
+  f.insert(3);
+  f.drain();
+  CHECK(f.seqs("t") == std::vector<std::uint64_t>{1, 2, 3});
+  for (auto& r : f.got) CHECK(r.msg.schema_tag == sch.schema_tag);
 }

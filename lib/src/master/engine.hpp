@@ -444,11 +444,13 @@ struct engine {
   std::error_code register_table(const table_options& o);
 
   // ---------- commit ----------
+  // `tag`: the schema tag the body was encoded with (0: the stream's current one); kept with the
+  // record and published with it, so a schema change never re-tags older records.
   std::error_code write_record(table_state& t, int kind, std::uint64_t first_seq,
                                std::size_t n_events, std::string_view target,
                                const std::vector<std::uint8_t>* ext, const std::uint8_t* body,
                                std::size_t body_size, std::uint64_t& new_records,
-                               std::uint64_t& new_bytes);
+                               std::uint64_t& new_bytes, std::uint32_t tag = 0);
 
   // Read then write (not an UPSERT with RETURNING: SQLite allocates and frees a large buffer
   // per RETURNING step, which dominated the capture profile). A row without an entry is at
@@ -488,6 +490,8 @@ struct engine {
   std::error_code make_outbox_durable();
   void heartbeats();
   std::error_code handle_control(std::size_t table, const control_request& c);
+  // Stores the current schema (edgecqrs_schema) and enqueues it (retained), after the older
+  // schemas that records still carry (not retained): replicas can decode every record.
   std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
   std::error_code sync_locked(table_state& t, std::string_view where_sql,
                               const std::vector<sql_param>& params, std::string_view replica,

@@ -26,7 +26,7 @@ std::error_code engine::write_record(table_state& t, int kind, std::uint64_t fir
                                      std::size_t n_events, std::string_view target,
                                      const std::vector<std::uint8_t>* ext, const std::uint8_t* body,
                                      std::size_t body_size, std::uint64_t& new_records,
-                                     std::uint64_t& new_bytes) {
+                                     std::uint64_t& new_bytes, std::uint32_t tag) {
   sqlite3_stmt* s = st_outbox_insert.get();
   reset_guard g{s};
   sqlite3_bind_int64(s, 1, t.stream_id);
@@ -41,6 +41,7 @@ std::error_code engine::write_record(table_state& t, int kind, std::uint64_t fir
     sqlite3_bind_null(s, 6);
   sqlite3_bind_blob(s, 7, body_size ? body : reinterpret_cast<const std::uint8_t*>(""),
                     static_cast<int>(body_size), SQLITE_STATIC);
+  sqlite3_bind_int64(s, 8, tag ? tag : t.sch.schema_tag);
   ++new_records;
   new_bytes += body_size;
   if (pending_records + new_records > cfg.outbox_max_records ||

@@ -226,6 +226,8 @@ std::error_code engine::publish_pending() {
       continue;
     }
     table_state& t = *tsp;
+    // The schema the record was encoded with (not necessarily the stream's current one).
+    const auto tag = static_cast<std::uint32_t>(sqlite3_column_int64(s, 8));
     std::string topic;
     publish_options opts;
     msgbuf.clear();
@@ -237,7 +239,7 @@ std::error_code engine::publish_pending() {
       auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
       msgbuf.assign(p, p + n);
       topic = t.schema_topic;
-      opts.retain = true;
+      opts.retain = tag == t.sch.schema_tag;  // an older schema, re-published for its records
     } else if (kind == kind_direct) {
       m.ids.push_back(sqlite3_column_int64(s, 0));
       m.kinds.push_back(kind);
@@ -250,7 +252,7 @@ std::error_code engine::publish_pending() {
       m.bytes.push_back(n);
       std::size_t n_groups = n ? 1 : 0;
       if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-            return encode_message_head(t.sch.schema_tag, first_seq, n_groups, en != 0, b, c, w);
+            return encode_message_head(tag, first_seq, n_groups, en != 0, b, c, w);
           }))
         return ec;
       msgbuf.insert(msgbuf.end(), body, body + n);
@@ -286,7 +288,7 @@ std::error_code engine::publish_pending() {
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
         if (id_in_flight(id) || sqlite3_column_int64(s, 1) != m.stream ||
-            sqlite3_column_int(s, 2) != kind_stream ||
+            sqlite3_column_int(s, 2) != kind_stream || sqlite3_column_int64(s, 8) != tag ||
             static_cast<std::uint64_t>(sqlite3_column_int64(s, 3)) != expect)
           break;
         auto ne = static_cast<std::size_t>(sqlite3_column_int64(s, 4));
@@ -322,7 +324,7 @@ std::error_code engine::publish_pending() {
       }
       const bool has_ext = ttl_ext.expires_ms != 0;
       if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), has_ext, b, c, w);
+            return encode_message_head(tag, first_seq, m.ids.size(), has_ext, b, c, w);
           }))
         return ec;
       msgbuf.insert(msgbuf.end(), grpbuf.begin(), grpbuf.end());
