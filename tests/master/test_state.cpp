@@ -146,3 +146,84 @@ TEST_CASE("16.5: an outbox of an older version gets its tag column; pending reco
   CHECK(f.seqs("t") == std::vector<std::uint64_t>{1, 2, 3});
   for (auto& r : f.got) CHECK(r.msg.schema_tag == sch.schema_tag);
 }
+
+// ---------------------------------------------------------------- bounds at their edges
+
+TEST_CASE("edge: max_rows_per_transaction rows in one transaction commit, one more is refused") {
+  master_config cfg;
+  cfg.max_rows_per_transaction = 3;
+  state_fixture f(cfg);
+  REQUIRE_FALSE(f.txn("INSERT INTO t VALUES(1,1),(2,2),(3,3)"));
+  CHECK(f.txn("UPDATE t SET x=x+1; INSERT INTO t VALUES(4,4)") == errc::outbox_full);
+  CHECK(f.count("SELECT count(*) FROM t") == 3);
+  CHECK(f.count("SELECT sum(x) FROM t") == 6);  // rolled back
+  REQUIRE_FALSE(f.txn("UPDATE t SET x=x+1"));
+  f.drain();
+  CHECK(f.seqs("t") == std::vector<std::uint64_t>{1, 2, 3, 4, 5, 6});
+}
+
+TEST_CASE("edge: outbox_max_bytes exactly reached commits, one record more is refused") {
+  state_fixture f;
+  f.m->set_transport(nullptr);
+  f.insert(1);
+  const std::int64_t s = f.count("SELECT length(body) FROM edgecqrs_outbox WHERE kind=2");
+  const std::int64_t r = f.count("SELECT length(body) FROM edgecqrs_outbox WHERE kind=0");
+  // Restarted (one more schema record) with room for exactly one more record like the first.
+  master_config cfg;
+  cfg.outbox_max_bytes = static_cast<std::size_t>(2 * s + 2 * r);
+  f.restart(cfg, {"t"});
+  f.m->set_transport(nullptr);
+  REQUIRE(f.m->stats().bytes_pending == static_cast<std::uint64_t>(2 * s + r));
+  f.insert(2);
+  CHECK(f.m->stats().bytes_pending == cfg.outbox_max_bytes);
+  CHECK(f.txn("INSERT INTO t VALUES(3, 3)") == errc::outbox_full);
+  CHECK(f.m->stats().outbox_full_refusals == 1);
+  CHECK(f.count("SELECT count(*) FROM t") == 2);
+  CHECK(f.m->head_seq("t") == 2);
+}
+
+TEST_CASE("edge: max_pending_control requests queued are all handled, one more is dropped") {
+  master_config cfg;
+  cfg.max_pending_control = 2;
+  state_fixture f(cfg);
+  f.insert(1);
+  f.drain();
+  auto c = f.broker.make_client("asker", 8);
+  auto ask = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      control_request req;
+      req.op = control_op::replay;
+      req.replica = "r" + std::to_string(i);
+      req.from_seq = 1;
+      req.to_seq = 1;
+      std::uint8_t buf[128];
+      std::size_t w = 0;
+      REQUIRE_FALSE(encode_control(req, buf, sizeof buf, w));
+      REQUIRE_FALSE(c->publish(control_topic(default_topic_prefix, "t"), buf, w, {}, nullptr));
+    }
+    f.broker.pump_all();  // delivered to the master's queue; poll() not yet called
+  };
+  ask(2);
+  f.drain();
+  CHECK(f.m->stats().control_handled == 2);
+  CHECK(f.m->stats().control_dropped == 0);
+  ask(3);
+  f.drain();
+  CHECK(f.m->stats().control_handled == 4);
+  CHECK(f.m->stats().control_dropped == 1);
+}
+
+TEST_CASE("capture: a row inserted then deleted in one transaction sends nothing") {
+  state_fixture f;
+  f.insert(1);
+  REQUIRE_FALSE(f.txn("INSERT INTO t VALUES(5, 5); UPDATE t SET x=6 WHERE id=5; "
+                      "DELETE FROM t WHERE id=5"));
+  CHECK(f.m->head_seq("t") == 1);  // no seq consumed
+  CHECK(f.count("SELECT count(*) FROM edgecqrs_outbox WHERE kind=0") == 1);
+  f.insert(2);
+  f.drain();
+  CHECK(f.seqs("t") == std::vector<std::uint64_t>{1, 2});
+  const auto evs = f.events("t");
+  REQUIRE(evs.size() == 2);
+  CHECK(evs[1].values[0] == I(2));
+}
