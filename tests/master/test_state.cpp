@@ -227,3 +227,21 @@ TEST_CASE("capture: a row inserted then deleted in one transaction sends nothing
   REQUIRE(evs.size() == 2);
   CHECK(evs[1].values[0] == I(2));
 }
+
+TEST_CASE("16.7: messages of many small values stay within a replica's default item limit") {
+  for (int ncol : {30, 63, 100}) {
+    CAPTURE(ncol);
+    master_fixture f;
+    std::string ddl = "CREATE TABLE w(id INTEGER PRIMARY KEY";
+    for (int i = 0; i < ncol; ++i) ddl += ", c" + std::to_string(i) + " INTEGER DEFAULT 1";
+    f.add_table(ddl + ")", stream_of("w"));
+    f.m->set_transport(nullptr);
+    for (int k = 0; k < 2; ++k)
+      REQUIRE_FALSE(f.txn("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<"
+                          "1024) INSERT INTO w(id) SELECT i + " +
+                          std::to_string(k * 1024) + " FROM n"));
+    f.m->set_transport(f.pub_client.get());
+    f.drain(200);  // the fixture's observer decodes every message with the default limits
+    CHECK(f.seqs("w").size() == 2048);
+  }
+}

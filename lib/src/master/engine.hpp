@@ -470,8 +470,11 @@ struct engine {
   __attribute__((noinline, cold)) std::error_code too_large(const dirty_row& d, std::size_t size);
   std::error_code flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                         std::uint64_t& n_events);
+  // Writes the first `len` bytes of evbuf (`n` events; all when `len` is SIZE_MAX) as one stream
+  // record; the rest stays in evbuf.
   std::error_code emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,
-                                    std::uint64_t& new_records, std::uint64_t& new_bytes);
+                                    std::uint64_t& new_records, std::uint64_t& new_bytes,
+                                    std::size_t len = SIZE_MAX);
 
   // ---------- sync rows (manual sync, re-sync, dump) ----------
   // Reads rows of `t` matching where_sql and hands groups of sync events to `emit`.

@@ -130,18 +130,22 @@ std::error_code engine::serialize(const table_state& t, const row_ref& rr,
 }
 
 std::error_code engine::emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,
-                                          std::uint64_t& new_records, std::uint64_t& new_bytes) {
+                                          std::uint64_t& new_records, std::uint64_t& new_bytes,
+                                          std::size_t len) {
+  len = std::min(len, evbuf.size());
   grpbuf.clear();
   std::error_code ec = append_encoded(grpbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
     return encode_group_head(t0, n, b, c, w);
   });
   if (ec) return ec;
-  grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.end());
+  grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.begin() + len);
   ec = write_record(t, kind_stream, t.next_seq, n, {}, nullptr, grpbuf.data(), grpbuf.size(),
                     new_records, new_bytes);
   if (ec) return ec;
   t.next_seq += n;
-  evbuf.clear();
+  const std::size_t rest = evbuf.size() - len;
+  if (rest) std::memmove(evbuf.data(), evbuf.data() + len, rest);
+  evbuf.resize(rest);
   return {};
 }
 
@@ -324,6 +328,12 @@ std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_byt
       // would be rejected there without its seq being handled, and asked for again forever).
       if (evbuf.size() - before > cfg.max_record_bytes)
         return too_large(dirty[idx], evbuf.size() - before);
+      // A record's events never exceed max_record_bytes either (so never a replica's item
+      // limit, items being at least a byte): one that would goes to the next record.
+      if (evbuf.size() > cfg.max_record_bytes && n) {
+        if (auto ec = emit_stream_chunk(t, now, n, new_records, new_bytes, before)) return ec;
+        n = 0;
+      }
       ++n;
       ++n_events;
       if (n >= cfg.max_record_events || evbuf.size() >= cfg.max_record_bytes) {

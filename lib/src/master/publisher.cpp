@@ -284,6 +284,10 @@ std::error_code engine::publish_pending() {
         t0 = static_cast<std::int64_t>(arg[1]);
         return true;
       };
+      // Joined records stay within a replica's default item limit too (an item is at least a
+      // byte; a record alone is within it: docs/capture.md).
+      const std::size_t join_bytes =
+          std::min(cfg.max_message_bytes, decode_limits{}.max_items - 64);
       grpbuf.clear();
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
@@ -294,7 +298,7 @@ std::error_code engine::publish_pending() {
         auto ne = static_cast<std::size_t>(sqlite3_column_int64(s, 4));
         auto n = static_cast<std::size_t>(sqlite3_column_bytes(s, 7));
         if (!m.ids.empty() &&
-            (events + ne > cfg.max_message_events || grpbuf.size() + n > cfg.max_message_bytes))
+            (events + ne > cfg.max_message_events || grpbuf.size() + n > join_bytes))
           break;
         auto* body = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
         std::int64_t t0 = 0;
