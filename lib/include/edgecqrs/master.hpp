@@ -43,11 +43,16 @@ struct master_config {
   std::size_t replay_keep_records = 10000;
   std::size_t replay_keep_bytes = 4 * 1024 * 1024;
   // One outbox record holds at most this many events / bytes (a large transaction becomes
-  // several records, all written in the same transaction).
+  // several records, all written in the same transaction). A row whose own event exceeds
+  // max_record_bytes is refused at commit (errc::too_large, rolled back; last_error_message()
+  // names table, key and size). Replicas' decode_limits must be at least max_string_bytes >=
+  // max_record_bytes, max_items >= max(max_record_bytes, 65536) and max_message_bytes >=
+  // max(max_message_bytes, max_record_bytes) + 64 (docs/capture.md).
   std::size_t max_record_events = 1024;
   std::size_t max_record_bytes = 64 * 1024;
   // One published message joins consecutive records up to these bounds (under the decoder's
-  // defaults of 4096 events and 256 KiB).
+  // defaults of 4096 events and 256 KiB), and up to 65472 bytes of records (the default item
+  // limit: an item is at least one byte).
   std::size_t max_message_events = 2048;
   std::size_t max_message_bytes = 128 * 1024;
   // Unacknowledged messages kept outstanding; clamped to transport.max_in_flight() and to 90

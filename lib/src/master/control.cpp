@@ -22,7 +22,7 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
     // Every seq of [from, to] must be in a kept (or still pending) stream record.
     stmt q;
     if (prepare(q,
-                "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
+                "SELECT id, first_seq, n_events, body, tag FROM edgecqrs_outbox WHERE kind=0 AND "
                 "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
       return sql_fail("replay");
     sqlite3_bind_int64(q.get(), 1, t.stream_id);
@@ -31,6 +31,7 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
     struct rec {
       std::uint64_t first, n;
       std::vector<std::uint8_t> body;
+      std::uint32_t tag;
     };
     std::vector<rec> recs;
     std::uint64_t next = from;
@@ -40,6 +41,7 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
       rec r;
       r.first = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
       r.n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 2));
+      r.tag = static_cast<std::uint32_t>(sqlite3_column_int64(q.get(), 4));
       if (r.first > next) {
         covered = false;
         break;
@@ -64,7 +66,7 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
       return internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
         for (auto& r : recs)
           if (auto ec = write_record(t, kind_direct, r.first, r.n, c.replica, &ext, r.body.data(),
-                                     r.body.size(), nr, nb))
+                                     r.body.size(), nr, nb, r.tag))
             return ec;
         return std::error_code{};
       });

@@ -277,7 +277,7 @@ struct engine {
   std::atomic<bool> in_txn{false};
   std::thread::id txn_owner;
 
-  stmt st_version, st_version_upd, st_outbox_insert, st_stream_update, st_pending, st_ack,
+  stmt st_version, st_version_upd, st_outbox_insert, st_pending, st_ack,
       st_version_get, st_outbox_top, st_sync_level;
   byte_buffer evbuf;
   std::vector<std::uint8_t> grpbuf, msgbuf;
@@ -444,11 +444,13 @@ struct engine {
   std::error_code register_table(const table_options& o);
 
   // ---------- commit ----------
+  // `tag`: the schema tag the body was encoded with (0: the stream's current one); kept with the
+  // record and published with it, so a schema change never re-tags older records.
   std::error_code write_record(table_state& t, int kind, std::uint64_t first_seq,
                                std::size_t n_events, std::string_view target,
                                const std::vector<std::uint8_t>* ext, const std::uint8_t* body,
                                std::size_t body_size, std::uint64_t& new_records,
-                               std::uint64_t& new_bytes);
+                               std::uint64_t& new_bytes, std::uint32_t tag = 0);
 
   // Read then write (not an UPSERT with RETURNING: SQLite allocates and frees a large buffer
   // per RETURNING step, which dominated the capture profile). A row without an entry is at
@@ -464,10 +466,15 @@ struct engine {
                                                       std::vector<value>& owned);
   // Encodes the final state of one dirty row into evbuf; `emitted` false when nothing is sent.
   std::error_code encode_dirty(dirty_row& d, std::int64_t now, bool& emitted);
+  // Refuses the commit of a row whose event (`size` bytes) exceeds max_record_bytes.
+  __attribute__((noinline, cold)) std::error_code too_large(const dirty_row& d, std::size_t size);
   std::error_code flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                         std::uint64_t& n_events);
+  // Writes the first `len` bytes of evbuf (`n` events; all when `len` is SIZE_MAX) as one stream
+  // record; the rest stays in evbuf.
   std::error_code emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,
-                                    std::uint64_t& new_records, std::uint64_t& new_bytes);
+                                    std::uint64_t& new_records, std::uint64_t& new_bytes,
+                                    std::size_t len = SIZE_MAX);
 
   // ---------- sync rows (manual sync, re-sync, dump) ----------
   // Reads rows of `t` matching where_sql and hands groups of sync events to `emit`.
@@ -486,6 +493,8 @@ struct engine {
   std::error_code make_outbox_durable();
   void heartbeats();
   std::error_code handle_control(std::size_t table, const control_request& c);
+  // Stores the current schema (edgecqrs_schema) and enqueues it (retained), after the older
+  // schemas that records still carry (not retained): replicas can decode every record.
   std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
   std::error_code sync_locked(table_state& t, std::string_view where_sql,
                               const std::vector<sql_param>& params, std::string_view replica,

@@ -26,7 +26,7 @@ std::error_code engine::write_record(table_state& t, int kind, std::uint64_t fir
                                      std::size_t n_events, std::string_view target,
                                      const std::vector<std::uint8_t>* ext, const std::uint8_t* body,
                                      std::size_t body_size, std::uint64_t& new_records,
-                                     std::uint64_t& new_bytes) {
+                                     std::uint64_t& new_bytes, std::uint32_t tag) {
   sqlite3_stmt* s = st_outbox_insert.get();
   reset_guard g{s};
   sqlite3_bind_int64(s, 1, t.stream_id);
@@ -41,6 +41,7 @@ std::error_code engine::write_record(table_state& t, int kind, std::uint64_t fir
     sqlite3_bind_null(s, 6);
   sqlite3_bind_blob(s, 7, body_size ? body : reinterpret_cast<const std::uint8_t*>(""),
                     static_cast<int>(body_size), SQLITE_STATIC);
+  sqlite3_bind_int64(s, 8, tag ? tag : t.sch.schema_tag);
   ++new_records;
   new_bytes += body_size;
   if (pending_records + new_records > cfg.outbox_max_records ||
@@ -129,18 +130,22 @@ std::error_code engine::serialize(const table_state& t, const row_ref& rr,
 }
 
 std::error_code engine::emit_stream_chunk(table_state& t, std::int64_t t0, std::size_t n,
-                                          std::uint64_t& new_records, std::uint64_t& new_bytes) {
+                                          std::uint64_t& new_records, std::uint64_t& new_bytes,
+                                          std::size_t len) {
+  len = std::min(len, evbuf.size());
   grpbuf.clear();
   std::error_code ec = append_encoded(grpbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
     return encode_group_head(t0, n, b, c, w);
   });
   if (ec) return ec;
-  grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.end());
+  grpbuf.insert(grpbuf.end(), evbuf.begin(), evbuf.begin() + len);
   ec = write_record(t, kind_stream, t.next_seq, n, {}, nullptr, grpbuf.data(), grpbuf.size(),
                     new_records, new_bytes);
   if (ec) return ec;
   t.next_seq += n;
-  evbuf.clear();
+  const std::size_t rest = evbuf.size() - len;
+  if (rest) std::memmove(evbuf.data(), evbuf.data() + len, rest);
+  evbuf.resize(rest);
   return {};
 }
 
@@ -278,8 +283,26 @@ std::error_code engine::encode_dirty(dirty_row& d, std::int64_t now, bool& emitt
   return ec;
 }
 
+std::error_code engine::too_large(const dirty_row& d, std::size_t size) {
+  std::string key;
+  for (std::size_t i = 0; i < d.t->pk_table_cols.size(); ++i) {
+    value_view v = cell(d.pk_at + i);
+    if (i) key += ", ";
+    if (v.type == value_type::integer)
+      key += std::to_string(v.i);
+    else if (v.type == value_type::text)
+      key.append(static_cast<const char*>(v.data), v.size);
+    else
+      key += '?';
+  }
+  return fail(errc::too_large, "row (%) of table '%' encodes to % bytes, over max_record_bytes %",
+              {key, d.t->table, decimal(size), decimal(cfg.max_record_bytes)});
+}
+
 std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_bytes,
                               std::uint64_t& n_events) {
+  // First: every failure path below (and a failed COMMIT) restores these in master::commit.
+  for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   if (dirty_overflow) {
     return fail(errc::outbox_full,
                 "more than max_rows_per_transaction rows changed in one transaction");
@@ -291,7 +314,6 @@ std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_byt
   per_table.resize(tables.size());
   for (auto& v : per_table) v.clear();
   for (std::size_t i = 0; i < n_dirty; ++i) per_table[dirty[i].t->index].push_back(i);
-  for (auto& tp : tables) tp->saved_next_seq = tp->next_seq;
   for (std::size_t ti = 0; ti < tables.size(); ++ti) {
     if (per_table[ti].empty()) continue;
     table_state& t = *tables[ti];
@@ -299,8 +321,19 @@ std::error_code engine::flush(std::uint64_t& new_records, std::uint64_t& new_byt
     std::size_t n = 0;
     for (std::size_t idx : per_table[ti]) {
       bool emitted = false;
+      const std::size_t before = evbuf.size();
       if (auto ec = encode_dirty(dirty[idx], now, emitted)) return ec;
       if (!emitted) continue;
+      // One event never exceeds a record: what a replica's decoder is sized for (a larger one
+      // would be rejected there without its seq being handled, and asked for again forever).
+      if (evbuf.size() - before > cfg.max_record_bytes)
+        return too_large(dirty[idx], evbuf.size() - before);
+      // A record's events never exceed max_record_bytes either (so never a replica's item
+      // limit, items being at least a byte): one that would goes to the next record.
+      if (evbuf.size() > cfg.max_record_bytes && n) {
+        if (auto ec = emit_stream_chunk(t, now, n, new_records, new_bytes, before)) return ec;
+        n = 0;
+      }
       ++n;
       ++n_events;
       if (n >= cfg.max_record_events || evbuf.size() >= cfg.max_record_bytes) {

@@ -127,14 +127,17 @@ std::error_code engine::prune() {
   }
   std::error_code ec = internal_txn([&](std::uint64_t&, std::uint64_t&) -> std::error_code {
     if (upto) {
-      // Pruned records no longer tell the stream's head: store it first.
-      for (auto& tp : tables) {
-        sqlite3_stmt* su = st_stream_update.get();
-        reset_guard g{su};
-        sqlite3_bind_int64(su, 1, tp->stream_id);
-        sqlite3_bind_int64(su, 2, static_cast<sqlite3_int64>(tp->next_seq));
-        if (sqlite3_step(su) != SQLITE_DONE) return sql_fail("stream seq");
-      }
+      // Pruned records no longer tell the stream's head: store it first, for every stream
+      // that loses records (registered by this process or not: from its records).
+      stmt su;
+      if (prepare(su,
+                  "UPDATE edgecqrs_stream SET next_seq=max(next_seq,coalesce((SELECT "
+                  "max(first_seq+n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
+                  "stream=edgecqrs_stream.rowid),0)) WHERE rowid IN (SELECT stream FROM "
+                  "edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1)"))
+        return sql_fail("stream seq");
+      sqlite3_bind_int64(su.get(), 1, upto);
+      if (sqlite3_step(su.get()) != SQLITE_DONE) return sql_fail("stream seq");
       stmt del;
       if (prepare(del, "DELETE FROM edgecqrs_outbox WHERE acked=1 AND kind=0 AND id<=?1"))
         return sql_fail("prune");
@@ -223,6 +226,8 @@ std::error_code engine::publish_pending() {
       continue;
     }
     table_state& t = *tsp;
+    // The schema the record was encoded with (not necessarily the stream's current one).
+    const auto tag = static_cast<std::uint32_t>(sqlite3_column_int64(s, 8));
     std::string topic;
     publish_options opts;
     msgbuf.clear();
@@ -234,7 +239,7 @@ std::error_code engine::publish_pending() {
       auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
       msgbuf.assign(p, p + n);
       topic = t.schema_topic;
-      opts.retain = true;
+      opts.retain = tag == t.sch.schema_tag;  // an older schema, re-published for its records
     } else if (kind == kind_direct) {
       m.ids.push_back(sqlite3_column_int64(s, 0));
       m.kinds.push_back(kind);
@@ -247,7 +252,7 @@ std::error_code engine::publish_pending() {
       m.bytes.push_back(n);
       std::size_t n_groups = n ? 1 : 0;
       if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-            return encode_message_head(t.sch.schema_tag, first_seq, n_groups, en != 0, b, c, w);
+            return encode_message_head(tag, first_seq, n_groups, en != 0, b, c, w);
           }))
         return ec;
       msgbuf.insert(msgbuf.end(), body, body + n);
@@ -279,17 +284,21 @@ std::error_code engine::publish_pending() {
         t0 = static_cast<std::int64_t>(arg[1]);
         return true;
       };
+      // Joined records stay within a replica's default item limit too (an item is at least a
+      // byte; a record alone is within it: docs/capture.md).
+      const std::size_t join_bytes =
+          std::min(cfg.max_message_bytes, decode_limits{}.max_items - 64);
       grpbuf.clear();
       while (rc == SQLITE_ROW) {
         std::int64_t id = sqlite3_column_int64(s, 0);
         if (id_in_flight(id) || sqlite3_column_int64(s, 1) != m.stream ||
-            sqlite3_column_int(s, 2) != kind_stream ||
+            sqlite3_column_int(s, 2) != kind_stream || sqlite3_column_int64(s, 8) != tag ||
             static_cast<std::uint64_t>(sqlite3_column_int64(s, 3)) != expect)
           break;
         auto ne = static_cast<std::size_t>(sqlite3_column_int64(s, 4));
         auto n = static_cast<std::size_t>(sqlite3_column_bytes(s, 7));
         if (!m.ids.empty() &&
-            (events + ne > cfg.max_message_events || grpbuf.size() + n > cfg.max_message_bytes))
+            (events + ne > cfg.max_message_events || grpbuf.size() + n > join_bytes))
           break;
         auto* body = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, 7));
         std::int64_t t0 = 0;
@@ -319,7 +328,7 @@ std::error_code engine::publish_pending() {
       }
       const bool has_ext = ttl_ext.expires_ms != 0;
       if (auto ec = append_encoded(msgbuf, [&](std::uint8_t* b, std::size_t c, std::size_t& w) {
-            return encode_message_head(t.sch.schema_tag, first_seq, m.ids.size(), has_ext, b, c, w);
+            return encode_message_head(tag, first_seq, m.ids.size(), has_ext, b, c, w);
           }))
         return ec;
       msgbuf.insert(msgbuf.end(), grpbuf.begin(), grpbuf.end());

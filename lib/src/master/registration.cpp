@@ -12,7 +12,10 @@ CREATE TABLE IF NOT EXISTS edgecqrs_version(stream INTEGER NOT NULL, key BLOB NO
   version INTEGER NOT NULL, updated_ms INTEGER NOT NULL, PRIMARY KEY(stream, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY, stream INTEGER NOT NULL,
   kind INTEGER NOT NULL, first_seq INTEGER NOT NULL, n_events INTEGER NOT NULL,
-  target TEXT NOT NULL DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
+  target TEXT NOT NULL DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0,
+  tag INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS edgecqrs_schema(stream INTEGER NOT NULL, tag INTEGER NOT NULL,
+  body BLOB NOT NULL, PRIMARY KEY(stream, tag)) WITHOUT ROWID;
 )";
 
 bool ieq(std::string_view a, std::string_view b) {
@@ -60,6 +63,15 @@ std::error_code engine::exec(const char* sql) {
 std::error_code engine::init() {
   internal_write = true;
   std::error_code ec = exec(schema_sql);
+  if (!ec) {
+    // Outboxes of older versions lack `tag`: 0 there means "the stream's tag when first
+    // registered by this version" (set in register_table; docs/replication.md).
+    stmt q;
+    if (prepare(q, "SELECT 1 FROM pragma_table_info('edgecqrs_outbox') WHERE name='tag'"))
+      ec = sql_fail("outbox columns");
+    else if (sqlite3_step(q.get()) != SQLITE_ROW)
+      ec = exec("ALTER TABLE edgecqrs_outbox ADD COLUMN tag INTEGER NOT NULL DEFAULT 0");
+  }
   if (!ec) ec = load_incarnation();
   internal_write = false;
   if (ec) return ec;
@@ -74,11 +86,10 @@ std::error_code engine::init() {
       {&engine::st_version_get,
        "SELECT version, updated_ms FROM edgecqrs_version WHERE stream=?1 AND key=?2"},
       {&engine::st_outbox_insert,
-       "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,target,ext,body) "
-       "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
-      {&engine::st_stream_update, "UPDATE edgecqrs_stream SET next_seq=?2 WHERE rowid=?1"},
+       "INSERT INTO edgecqrs_outbox(stream,kind,first_seq,n_events,target,ext,body,tag) "
+       "VALUES(?1,?2,?3,?4,?5,?6,?7,?8)"},
       {&engine::st_pending,
-       "SELECT id,stream,kind,first_seq,n_events,target,ext,body FROM edgecqrs_outbox WHERE "
+       "SELECT id,stream,kind,first_seq,n_events,target,ext,body,tag FROM edgecqrs_outbox WHERE "
        "id>?1 AND acked=0 ORDER BY id LIMIT ?2"},
       {&engine::st_ack, "UPDATE edgecqrs_outbox SET acked=1 WHERE id=?1 AND acked=0"},
       {&engine::st_outbox_top, "SELECT max(id) FROM edgecqrs_outbox"},
@@ -384,6 +395,12 @@ std::error_code engine::register_table(const table_options& o) {
     if (sqlite3_step(sel.get()) != SQLITE_ROW) return sql_fail("stream");
     tp->stream_id = sqlite3_column_int64(sel.get(), 0);
     tp->next_seq = static_cast<std::uint64_t>(sqlite3_column_int64(sel.get(), 1));
+    stmt up;  // records written before the outbox had tags: encoded with this schema
+    if (prepare(up, "UPDATE edgecqrs_outbox SET tag=?2 WHERE stream=?1 AND tag=0"))
+      return sql_fail("stream");
+    sqlite3_bind_int64(up.get(), 1, tp->stream_id);
+    sqlite3_bind_int64(up.get(), 2, tp->sch.schema_tag);
+    if (sqlite3_step(up.get()) != SQLITE_DONE) return sql_fail("stream");
     stmt mx;
     if (prepare(mx,
                 "SELECT max(first_seq + n_events) FROM edgecqrs_outbox WHERE kind=0 AND "
@@ -443,6 +460,30 @@ std::error_code engine::enqueue_schema(table_state& t, std::uint64_t& nr, std::u
     return encode_schema(t.sch, b, c, w);
   });
   if (ec) return ec;
+  // Kept while records encoded with it exist (replays of older seqs included).
+  stmt put, del, old;
+  if (prepare(put, "INSERT OR REPLACE INTO edgecqrs_schema(stream,tag,body) VALUES(?1,?2,?3)") ||
+      prepare(del,
+              "DELETE FROM edgecqrs_schema WHERE stream=?1 AND tag<>?2 AND NOT EXISTS(SELECT 1 "
+              "FROM edgecqrs_outbox o WHERE o.stream=?1 AND o.tag=edgecqrs_schema.tag AND "
+              "o.kind<>2)") ||
+      prepare(old, "SELECT tag, body FROM edgecqrs_schema WHERE stream=?1 AND tag<>?2"))
+    return sql_fail("schema");
+  for (stmt* s : {&put, &del, &old}) {
+    sqlite3_bind_int64(s->get(), 1, t.stream_id);
+    sqlite3_bind_int64(s->get(), 2, t.sch.schema_tag);
+  }
+  sqlite3_bind_blob(put.get(), 3, buf.data(), static_cast<int>(buf.size()), SQLITE_STATIC);
+  if (sqlite3_step(put.get()) != SQLITE_DONE || sqlite3_step(del.get()) != SQLITE_DONE)
+    return sql_fail("schema");
+  // Older schemas first (not retained: the publisher retains the current tag only).
+  while (sqlite3_step(old.get()) == SQLITE_ROW) {
+    auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(old.get(), 1));
+    if ((ec = write_record(t, kind_schema, 0, 0, {}, nullptr, p,
+                           static_cast<std::size_t>(sqlite3_column_bytes(old.get(), 1)), nr, nb,
+                           static_cast<std::uint32_t>(sqlite3_column_int64(old.get(), 0)))))
+      return ec;
+  }
   return write_record(t, kind_schema, 0, 0, {}, nullptr, buf.data(), buf.size(), nr, nb);
 }
 }  // namespace edgecqrs::master_detail

@@ -42,7 +42,8 @@ std::error_code replica::impl::schedule_retry(stream& s, std::string_view topic,
   q_retry_put.bind_text(2, topic);
   q_retry_put.bind_blob(3, key.data(), key.size());
   q_retry_put.bind_blob(4, body.data(), body.size());
-  q_retry_put.bind(5, steady() + opts.retry_initial_ms);
+  // Due times are wall-clock ms (persisted: the monotonic clock restarts at 0 on a reboot).
+  q_retry_put.bind(5, now() + opts.retry_initial_ms);
   q_retry_put.bind(6, reason.value());
   q_retry_put.bind_text(7, detail);
   q_retry_put.bind(8, now());
@@ -53,12 +54,13 @@ std::error_code replica::impl::schedule_retry(stream& s, std::string_view topic,
 
 std::error_code replica::impl::run_due_retries() {
   msg_now = now();
+  const std::int64_t wall = msg_now;  // due times are wall-clock ms (see schedule_retry)
   statement q;
   if (q.prepare(db,
                 "SELECT id, sid, topic, body, attempts, first_ms FROM edgecqrs_r_retries"
                 " WHERE next_ms<=?1 ORDER BY next_ms LIMIT ?2") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
-  q.bind(1, steady());
+  q.bind(1, wall);
   q.bind(2, max_retries_per_poll);
   struct due {
     std::int64_t id, sid;
@@ -136,7 +138,7 @@ std::error_code replica::impl::run_due_retries() {
       else {
         u.bind(1, d.id);
         u.bind(2, attempts);
-        u.bind(3, steady() + delay);
+        u.bind(3, wall + delay);
         u.bind(4, ec.value());
         u.bind_text(5, detail);
       }
