@@ -13,7 +13,33 @@ CREATE TABLE IF NOT EXISTS edgecqrs_version(stream INTEGER NOT NULL, key BLOB NO
 CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY, stream INTEGER NOT NULL,
   kind INTEGER NOT NULL, first_seq INTEGER NOT NULL, n_events INTEGER NOT NULL,
   target TEXT NOT NULL DEFAULT '', ext BLOB, body BLOB NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS edgecqrs_registration(cqrs_id TEXT PRIMARY KEY, tbl TEXT NOT NULL,
+  columns TEXT NOT NULL, serializer_sql TEXT NOT NULL, tracked TEXT NOT NULL,
+  produce INTEGER NOT NULL, filter INTEGER NOT NULL, serializer INTEGER NOT NULL,
+  schema_tag INTEGER NOT NULL) WITHOUT ROWID;
 )";
+
+// Guard triggers (docs/capture.md): a write to a registered table from a connection the
+// library does not own fails. The WHEN clause calls a function only the library's connections
+// have: elsewhere the write statement fails to prepare with "no such function: <this name>";
+// a connection defining a function of that name returning anything but 1 gets the RAISE.
+const char* const guard_ops[3] = {"INSERT", "UPDATE", "DELETE"};
+
+std::string guard_name(const char* op, const std::string& table) {
+  std::string n = "edgecqrs_guard_";
+  for (const char* p = op; *p; ++p) n += static_cast<char>(*p - 'A' + 'a');
+  return n + "_" + table;
+}
+
+// Names as quoted identifiers joined by commas: "a","b" (edgecqrs_registration lists).
+std::string ident_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) {
+    if (!out.empty()) out += ',';
+    out += quote_ident(n);
+  }
+  return out;
+}
 
 bool ieq(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -88,22 +114,7 @@ std::error_code engine::init() {
   };
   for (const auto& k : kStatements)
     if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
-  stmt q;
-  if (prepare(q,
-              "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
-              "WHERE acked=0 OR kind=0 GROUP BY acked"))
-    return sql_fail("outbox count");
-  while (sqlite3_step(q.get()) == SQLITE_ROW) {
-    auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
-    auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
-    if (sqlite3_column_int(q.get(), 0)) {
-      kept_records = n;
-      kept_bytes = b;
-    } else {
-      pending_records = n;
-      pending_bytes = b;
-    }
-  }
+  if (auto cec = count_outbox()) return cec;
   {
     stmt vq;
     if (prepare(vq, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
@@ -125,6 +136,27 @@ std::error_code engine::init() {
   snk->max_control = cfg.max_pending_control;
   install_hooks();
   update_stats();
+  return {};
+}
+
+std::error_code engine::count_outbox() {
+  stmt q;
+  if (prepare(q,
+              "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
+              "WHERE acked=0 OR kind=0 GROUP BY acked"))
+    return sql_fail("outbox count");
+  pending_records = pending_bytes = kept_records = kept_bytes = 0;
+  while (sqlite3_step(q.get()) == SQLITE_ROW) {
+    auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+    auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
+    if (sqlite3_column_int(q.get(), 0)) {
+      kept_records = n;
+      kept_bytes = b;
+    } else {
+      pending_records = n;
+      pending_bytes = b;
+    }
+  }
   return {};
 }
 
@@ -393,6 +425,7 @@ std::error_code engine::register_table(const table_options& o) {
     if (sqlite3_step(mx.get()) == SQLITE_ROW && sqlite3_column_type(mx.get(), 0) != SQLITE_NULL)
       tp->next_seq =
           std::max(tp->next_seq, static_cast<std::uint64_t>(sqlite3_column_int64(mx.get(), 0)));
+    if (auto e = record_definition(*tp, o)) return e;
     return enqueue_schema(*tp, nr, nb);
   });
   if (ec) return ec;
@@ -415,6 +448,57 @@ std::error_code engine::register_table(const table_options& o) {
   }
   tp->head = tp->next_seq - 1;
   if (tx) subscribe_control(*tp);
+  return {};
+}
+
+std::error_code engine::record_definition(const table_state& t, const table_options& o) {
+  // The definition the CLI reproduces (tools/edgecqrs: sync, dump, diff-*).
+  std::vector<std::string> cols;
+  if (o.serializer_sql.empty())
+    for (const auto& c : t.sch.columns) cols.push_back(c.name);
+  std::string col_list = ident_list(cols), tracked = ident_list(o.tracked);
+  stmt def;
+  if (prepare(def,
+              "INSERT OR REPLACE INTO edgecqrs_registration(cqrs_id,tbl,columns,serializer_sql,"
+              "tracked,produce,filter,serializer,schema_tag) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)"))
+    return sql_fail("registration");
+  sqlite3_bind_text(def.get(), 1, t.cqrs_id.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(def.get(), 2, t.table.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(def.get(), 3, col_list.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(def.get(), 4, o.serializer_sql.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_text(def.get(), 5, tracked.c_str(), -1, SQLITE_STATIC);
+  sqlite3_bind_int(def.get(), 6, o.produce);
+  sqlite3_bind_int(def.get(), 7, o.filter != nullptr);
+  sqlite3_bind_int(def.get(), 8, o.serializer != nullptr);
+  sqlite3_bind_int64(def.get(), 9, t.sch.schema_tag);
+  if (sqlite3_step(def.get()) != SQLITE_DONE) return sql_fail("registration");
+  // Guard triggers: created when missing or different (another table name or library
+  // version), dropped when the table's changes are not captured (produce off).
+  for (const char* op : guard_ops) {
+    std::string raw = guard_name(op, t.table), name = quote_ident(raw);
+    std::string want;
+    if (t.produce) {
+      std::string msg = "edgecqrs: table " + t.table +
+                        " is replicated: write it through the edgecqrs master API";
+      std::string lit;  // as an SQL string literal
+      for (char ch : msg) lit += ch == '\'' ? std::string("''") : std::string(1, ch);
+      want = "CREATE TRIGGER " + name + " BEFORE " + op + " ON " + quote_ident(t.table) +
+             " WHEN " + guard_function + "() IS NOT 1 BEGIN SELECT RAISE(ABORT, '" + lit +
+             "'); END";
+    }
+    stmt cur;
+    if (prepare(cur, "SELECT sql FROM sqlite_master WHERE type='trigger' AND name=?1"))
+      return sql_fail("guard");
+    sqlite3_bind_text(cur.get(), 1, raw.c_str(), -1, SQLITE_STATIC);
+    const bool have = sqlite3_step(cur.get()) == SQLITE_ROW;
+    if (have && want == reinterpret_cast<const char*>(sqlite3_column_text(cur.get(), 0)))
+      continue;
+    cur.reset();
+    if (have)
+      if (auto e = exec(("DROP TRIGGER " + name).c_str())) return e;
+    if (!want.empty())
+      if (auto e = exec(want.c_str())) return e;
+  }
   return {};
 }
 
