@@ -95,10 +95,12 @@ TEST_CASE("bypass: another connection writing a registered table is refused, cle
   CHECK(f.events("reading").size() == 2);
   sqlite3_close(other);
 
-  // Reopened (a restart): the guards stay, are not duplicated, and still refuse.
+  // Reopened (a restart): the guards stay, are not duplicated nor rewritten, and still refuse.
+  const std::int64_t schema_version = f.count("PRAGMA schema_version");
   f.m.reset();
   REQUIRE_FALSE(master::attach(f.db, {}, f.pub_client.get(), f.m, f.clk));
   REQUIRE_FALSE(f.m->register_table(stream_of("reading")));
+  CHECK(f.count("PRAGMA schema_version") == schema_version);
   CHECK(f.count("SELECT count(*) FROM sqlite_master WHERE type='trigger' AND "
                 "tbl_name='reading'") == 3);
   REQUIRE(sqlite3_open(path.c_str(), &other) == SQLITE_OK);
