@@ -202,3 +202,34 @@ TEST_CASE("bypass: a second publisher on the same outbox leaves the first one's 
   CHECK(app.m->stats().outbox_full_refusals == 0);
   CHECK(app.count("SELECT count(*) FROM reading") == id);
 }
+
+TEST_CASE("bypass: odd table names and trusted_schema off") {
+  temp_dir dir("bypass");
+  const std::string path = dir.file("m.db");
+  master_fixture f({}, path);
+  // The application's connection distrusts the schema: the guard function is innocuous.
+  f.sql("PRAGMA trusted_schema=OFF");
+  f.sql("CREATE TABLE \"it's \"\"odd\"\"\"(id INTEGER PRIMARY KEY, v TEXT)");
+  table_options o;
+  o.table = "it's \"odd\"";
+  o.cqrs_id = "odd";
+  REQUIRE_FALSE(f.m->register_table(o));
+  REQUIRE_FALSE(f.txn("INSERT INTO \"it's \"\"odd\"\"\" VALUES(1,'a')"));
+  f.drain();
+  CHECK(f.events("odd").size() == 1);
+  sqlite3* other = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &other) == SQLITE_OK);
+  std::string err;
+  CHECK(try_sql(other, "UPDATE \"it's \"\"odd\"\"\" SET v='b'", err) != SQLITE_OK);
+  CHECK(err.find("edgecqrs") != std::string::npos);
+  // A connection defining a function of the guard's name gets the readable RAISE message.
+  REQUIRE(sqlite3_create_function_v2(
+              other, "edgecqrs_replicated_table_write_through_master_api", 0, SQLITE_UTF8,
+              nullptr, [](sqlite3_context* c, int, sqlite3_value**) { sqlite3_result_int(c, 0); },
+              nullptr, nullptr, nullptr) == SQLITE_OK);
+  CHECK(try_sql(other, "DELETE FROM \"it's \"\"odd\"\"\"", err) != SQLITE_OK);
+  CHECK(err == "edgecqrs: table it's \"odd\" is replicated: write it through the edgecqrs "
+               "master API");
+  sqlite3_close(other);
+  CHECK(f.count("SELECT count(*) FROM \"it's \"\"odd\"\"\"") == 1);
+}
