@@ -23,22 +23,12 @@ CREATE TABLE IF NOT EXISTS edgecqrs_registration(cqrs_id TEXT PRIMARY KEY, tbl T
 // library does not own fails. The WHEN clause calls a function only the library's connections
 // have: elsewhere the write statement fails to prepare with "no such function: <this name>";
 // a connection defining a function of that name returning anything but 1 gets the RAISE.
-const char* const guard_ops[3] = {"INSERT", "UPDATE", "DELETE"};
+const char* const guard_ops[3] = {"insert", "update", "delete"};
 
-std::string guard_name(const char* op, const std::string& table) {
-  std::string n = "edgecqrs_guard_";
-  for (const char* p = op; *p; ++p) n += static_cast<char>(*p - 'A' + 'a');
-  return n + "_" + table;
-}
-
-// Names as quoted identifiers joined by commas: "a","b" (edgecqrs_registration lists).
-std::string ident_list(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) {
-    if (!out.empty()) out += ',';
-    out += quote_ident(n);
-  }
-  return out;
+// Appends `name` as a quoted identifier to a comma-joined list ("a","b": edgecqrs_registration).
+void add_ident(std::string& list, const std::string& name) {
+  if (!list.empty()) list += ',';
+  list += quote_ident(name);
 }
 
 bool ieq(std::string_view a, std::string_view b) {
@@ -453,51 +443,39 @@ std::error_code engine::register_table(const table_options& o) {
 
 std::error_code engine::record_definition(const table_state& t, const table_options& o) {
   // The definition the CLI reproduces (tools/edgecqrs: sync, dump, diff-*).
-  std::vector<std::string> cols;
+  std::string cols, tracked;
   if (o.serializer_sql.empty())
-    for (const auto& c : t.sch.columns) cols.push_back(c.name);
-  std::string col_list = ident_list(cols), tracked = ident_list(o.tracked);
+    for (const auto& c : t.sch.columns) add_ident(cols, c.name);
+  for (const auto& n : o.tracked) add_ident(tracked, n);
   stmt def;
   if (prepare(def,
               "INSERT OR REPLACE INTO edgecqrs_registration(cqrs_id,tbl,columns,serializer_sql,"
               "tracked,produce,filter,serializer,schema_tag) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)"))
     return sql_fail("registration");
-  sqlite3_bind_text(def.get(), 1, t.cqrs_id.c_str(), -1, SQLITE_STATIC);
-  sqlite3_bind_text(def.get(), 2, t.table.c_str(), -1, SQLITE_STATIC);
-  sqlite3_bind_text(def.get(), 3, col_list.c_str(), -1, SQLITE_STATIC);
-  sqlite3_bind_text(def.get(), 4, o.serializer_sql.c_str(), -1, SQLITE_STATIC);
-  sqlite3_bind_text(def.get(), 5, tracked.c_str(), -1, SQLITE_STATIC);
+  const std::string* text[5] = {&t.cqrs_id, &t.table, &cols, &o.serializer_sql, &tracked};
+  for (int i = 0; i < 5; ++i) sqlite3_bind_text(def.get(), i + 1, text[i]->c_str(), -1, nullptr);
   sqlite3_bind_int(def.get(), 6, o.produce);
   sqlite3_bind_int(def.get(), 7, o.filter != nullptr);
   sqlite3_bind_int(def.get(), 8, o.serializer != nullptr);
   sqlite3_bind_int64(def.get(), 9, t.sch.schema_tag);
   if (sqlite3_step(def.get()) != SQLITE_DONE) return sql_fail("registration");
-  // Guard triggers: created when missing or different (another table name or library
-  // version), dropped when the table's changes are not captured (produce off).
+  // Guard triggers: created when missing (they stay across restarts; their name holds the
+  // table's, so a version changing their text must rename them), dropped when the table's
+  // changes are not captured (produce off).
   for (const char* op : guard_ops) {
-    std::string raw = guard_name(op, t.table), name = quote_ident(raw);
-    std::string want;
-    if (t.produce) {
-      std::string msg = "edgecqrs: table " + t.table +
-                        " is replicated: write it through the edgecqrs master API";
-      std::string lit;  // as an SQL string literal
-      for (char ch : msg) lit += ch == '\'' ? std::string("''") : std::string(1, ch);
-      want = "CREATE TRIGGER " + name + " BEFORE " + op + " ON " + quote_ident(t.table) +
-             " WHEN " + guard_function + "() IS NOT 1 BEGIN SELECT RAISE(ABORT, '" + lit +
-             "'); END";
-    }
-    stmt cur;
-    if (prepare(cur, "SELECT sql FROM sqlite_master WHERE type='trigger' AND name=?1"))
-      return sql_fail("guard");
-    sqlite3_bind_text(cur.get(), 1, raw.c_str(), -1, SQLITE_STATIC);
-    const bool have = sqlite3_step(cur.get()) == SQLITE_ROW;
-    if (have && want == reinterpret_cast<const char*>(sqlite3_column_text(cur.get(), 0)))
-      continue;
-    cur.reset();
-    if (have)
-      if (auto e = exec(("DROP TRIGGER " + name).c_str())) return e;
-    if (!want.empty())
-      if (auto e = exec(want.c_str())) return e;
+    char* q = t.produce ? sqlite3_mprintf(
+                              "CREATE TRIGGER IF NOT EXISTS \"edgecqrs_guard_%s_%w\" BEFORE %s ON "
+                              "\"%w\" WHEN %s() IS NOT 1 BEGIN SELECT RAISE(ABORT, 'edgecqrs: "
+                              "table %q is replicated: write it through the edgecqrs master API'); "
+                              "END",
+                              op, t.table.c_str(), op, t.table.c_str(), guard_function,
+                              t.table.c_str())
+                        : sqlite3_mprintf("DROP TRIGGER IF EXISTS \"edgecqrs_guard_%s_%w\"", op,
+                                          t.table.c_str());
+    if (!q) return fail(errc::sqlite_error, "out of memory");
+    std::error_code e = exec(q);
+    sqlite3_free(q);
+    if (e) return e;
   }
   return {};
 }
