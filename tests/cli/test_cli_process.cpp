@@ -532,3 +532,68 @@ TEST_CASE("human-readable output escapes control characters taken from the data"
   CHECK(nlohmann::json::parse(r.out)["detail"].get<std::string>().find("\x1b[2J") !=
         std::string::npos);
 }
+
+TEST_CASE("CLI uses the stream's registered definition, and refuses callbacks it cannot run") {
+  edgecqrs::test::temp_dir d{"cli"};
+  const std::string mdb = d.file("master.db");
+  std::uint32_t cols_tag = 0;
+  {
+    std::unique_ptr<master> m;
+    REQUIRE_FALSE(master::open(mdb, quiet_master(), nullptr, m));
+    exec_sql(m->db(), test::item_ddl);
+    exec_sql(m->db(), "CREATE TABLE other(id INTEGER PRIMARY KEY, v TEXT)");
+    exec_sql(m->db(), "CREATE TABLE part(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)");
+    table_options f = test::stream_of("item");
+    f.filter = [](const row_ref& r) { return r.get("qty").i > 100; };
+    REQUIRE_FALSE(m->register_table(f));
+    table_options c;
+    c.table = "part";
+    c.cqrs_id = "part_cols";
+    c.columns = {"id", "name"};
+    c.produce = false;
+    REQUIRE_FALSE(m->register_table(c));
+    table_options s = test::stream_of("other");
+    s.serializer = [](const row_ref&, std::vector<value>&) { return std::error_code{}; };
+    REQUIRE_FALSE(m->register_table(s));
+    schema sch;
+    REQUIRE(m->schema_of("part_cols", sch));
+    cols_tag = sch.schema_tag;
+    REQUIRE_FALSE(m->transaction([](sqlite3* db) {
+      exec_sql(db, "INSERT INTO item VALUES(1,'low',5),(2,'high',500)");
+      exec_sql(db, "INSERT INTO other VALUES(1,'x')");
+      exec_sql(db, "INSERT INTO part VALUES(1,'p',3)");
+      return std::error_code{};
+    }));
+  }
+  const std::string out = d.file("x.cbor");
+  // A filter callback: sync, dump and diff-master would send or list rows it excludes.
+  for (const std::string& args :
+       {"sync --db '" + mdb + "' -c item", "dump --db '" + mdb + "' -c item -o '" + out + "'",
+        "diff-master --db '" + mdb + "' -c item"}) {
+    CAPTURE(args);
+    result r = cli(d, args);
+    CAPTURE(r.err);
+    CHECK(r.status == 2);
+    CHECK(r.err.find("'item'") != std::string::npos);
+    CHECK(r.err.find("filter callback") != std::string::npos);
+  }
+  // A serializer callback: the values would differ.
+  result r = cli(d, "dump --db '" + mdb + "' -c other -o '" + out + "'");
+  CHECK(r.status == 2);
+  CHECK(r.err.find("serializer callback") != std::string::npos);
+  // Columns only: the registered table and columns, the same schema tag (no flags needed).
+  r = cli(d, "-q dump --db '" + mdb + "' -c part_cols -o '" + out + "'");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  r = cli(d, "decode '" + out + "'");
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("\"schema_tag\":" + std::to_string(cols_tag) + ",") != std::string::npos);
+  CHECK(r.out.find("\"columns\":2") != std::string::npos);
+  // Other columns than the registered ones would publish another schema: refused.
+  r = cli(d, "dump --db '" + mdb + "' -c part_cols --columns id,name,qty -o '" + out + "'");
+  CHECK(r.status == 2);
+  CHECK(r.err.find("registered") != std::string::npos);
+  // The CLI's registration kept the stream's definition (no guard for produce off).
+  CHECK(count_of(mdb, "SELECT filter FROM edgecqrs_registration WHERE cqrs_id='item'") == 1);
+  CHECK(count_of(mdb, "SELECT count(*) FROM sqlite_master WHERE type='trigger'") == 6);
+}

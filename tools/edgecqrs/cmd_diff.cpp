@@ -87,7 +87,12 @@ int run_diff_master(const master_opts& o, const run_state& st) {
   const char* cmd = "diff-master";
   db_handle h;
   if (!open_db(cmd, o.db, true, h)) return 2;
-  const std::string table = o.table.empty() ? o.cqrs_id : o.table;
+  master_target def;
+  def.db_path = o.db;
+  def.cqrs_id = o.cqrs_id;
+  def.table = o.table;
+  if (!registered_definition(cmd, h.db, def)) return 2;  // its table; refuses a filter callback
+  const std::string table = def.table.empty() ? o.cqrs_id : def.table;
   std::vector<std::string> pk;
   if (!primary_key(cmd, h.db, table, pk)) return 2;
   if (sqlite3_exec(h.db, "BEGIN", nullptr, nullptr, nullptr) != SQLITE_OK) {
@@ -525,7 +530,11 @@ int run_diff_sync(const sync_opts& o, const run_state& st) {
            o.cqrs_id.c_str());
     return 2;
   }
-  master_target t{o.db, cqrs_id, o.table, o.columns};
+  master_target t;
+  t.db_path = o.db;
+  t.cqrs_id = cqrs_id;
+  t.table = o.table;
+  t.columns = o.columns;
   std::unique_ptr<master> m;
   if (!open_master(cmd, t, m)) return 2;
   std::string one;

@@ -252,7 +252,90 @@ value parse_param(const std::string& text) {
   return value::text(text);
 }
 
-bool open_master(const char* cmd, const master_target& t, std::unique_ptr<master>& out) {
+namespace {
+
+// Parses a list of quoted identifiers joined by commas ("a","b""c"), as edgecqrs_registration
+// stores them.
+std::vector<std::string> ident_list(const char* p) {
+  std::vector<std::string> out;
+  while (p && *p == '"') {
+    std::string n;
+    for (++p; *p; ++p) {
+      if (*p == '"' && p[1] != '"') break;
+      if (*p == '"') ++p;
+      n += *p;
+    }
+    out.push_back(std::move(n));
+    if (*p) ++p;
+    if (*p == ',') ++p;
+  }
+  return out;
+}
+
+std::string join_names(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& n : v) s += (s.empty() ? "" : ",") + n;
+  return s;
+}
+
+bool same_name(const std::string& a, const std::string& b) {
+  return sqlite3_stricmp(a.c_str(), b.c_str()) == 0;
+}
+
+}  // namespace
+
+bool registered_definition(const char* cmd, sqlite3* db, master_target& t) {
+  if (!has_table(db, "edgecqrs_registration")) return true;  // before definitions were kept
+  stmt q;
+  if (!q.prepare(db,
+                 "SELECT tbl, columns, serializer_sql, tracked, produce, filter, serializer FROM "
+                 "edgecqrs_registration WHERE cqrs_id=?1")) {
+    errorf(cmd, "%s: %s", t.db_path.c_str(), sqlite3_errmsg(db));
+    return false;
+  }
+  sqlite3_bind_text(q.get(), 1, t.cqrs_id.c_str(), -1, SQLITE_TRANSIENT);
+  if (sqlite3_step(q.get()) != SQLITE_ROW) return true;  // never registered: as given
+  auto text = [&](int i) {
+    const unsigned char* v = sqlite3_column_text(q.get(), i);
+    return std::string(v ? reinterpret_cast<const char*>(v) : "");
+  };
+  const char* why = sqlite3_column_int(q.get(), 5)   ? "a filter callback"
+                    : sqlite3_column_int(q.get(), 6) ? "a serializer callback"
+                                                     : nullptr;
+  if (why) {
+    errorf(cmd,
+           "stream '%s' is registered with %s, which the CLI cannot run (it would send rows or "
+           "values the application does not): sync it from the application (master::sync)",
+           t.cqrs_id.c_str(), why);
+    return false;
+  }
+  std::string table = text(0);
+  if (!t.table.empty() && !same_name(t.table, table)) {
+    errorf(cmd, "stream '%s' is registered on table '%s', not '%s'", t.cqrs_id.c_str(),
+           table.c_str(), t.table.c_str());
+    return false;
+  }
+  std::vector<std::string> cols = ident_list(text(1).c_str());
+  bool same = t.columns.empty() || t.columns.size() == cols.size();
+  for (std::size_t i = 0; same && i < t.columns.size(); ++i) same = same_name(t.columns[i], cols[i]);
+  if (!same) {
+    errorf(cmd,
+           "stream '%s' is registered with columns %s, not %s: another list would publish another "
+           "schema (omit --columns)",
+           t.cqrs_id.c_str(), cols.empty() ? "from its serializer_sql" : join_names(cols).c_str(),
+           join_names(t.columns).c_str());
+    return false;
+  }
+  t.table = table;
+  t.columns = cols;
+  t.serializer_sql = text(2);
+  t.tracked = ident_list(text(3).c_str());
+  t.produce = sqlite3_column_int(q.get(), 4) != 0;
+  return true;
+}
+
+bool open_master(const char* cmd, const master_target& target, std::unique_ptr<master>& out) {
+  master_target t = target;
   {
     // master::open creates a missing file: an operator's typo must not make an empty database.
     std::FILE* f = std::fopen(t.db_path.c_str(), "rb");
@@ -267,10 +350,17 @@ bool open_master(const char* cmd, const master_target& t, std::unique_ptr<master
     errorf(cmd, "%s: cannot open master database: %s", t.db_path.c_str(), ec.message().c_str());
     return false;
   }
+  if (!registered_definition(cmd, out->db(), t)) {
+    out.reset();
+    return false;
+  }
   table_options o;
   o.cqrs_id = t.cqrs_id;
   o.table = t.table.empty() ? t.cqrs_id : t.table;
   o.columns = t.columns;
+  o.serializer_sql = t.serializer_sql;
+  o.tracked = t.tracked;
+  o.produce = t.produce;
   if (auto ec = out->register_table(o)) {
     std::string detail = out->last_error_message();
     errorf(cmd, "%s: cannot register table '%s' as CQRS_ID '%s': %s%s%s", t.db_path.c_str(),

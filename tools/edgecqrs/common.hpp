@@ -70,13 +70,22 @@ bool parse_duration_ms(const std::string& text, std::int64_t& out);
 // (prefix "text:" forces text, "null" is NULL).
 value parse_param(const std::string& text);
 
-// Master side: opens the master database and registers `table` (default: the CQRS_ID) with
-// `columns` (empty: all), as the application does. Errors are printed.
+// Master side: opens the master database and registers the stream as the application last
+// did (its definition in edgecqrs_registration: table, columns or serializer_sql, tracked
+// columns, produce), else `table` (default: the CQRS_ID) with `columns` (empty: all). Errors
+// are printed.
 struct master_target {
   std::string db_path, cqrs_id, table;
   std::vector<std::string> columns;
+  std::string serializer_sql;
+  std::vector<std::string> tracked;
+  bool produce = true;
 };
 bool open_master(const char* cmd, const master_target& t, std::unique_ptr<master>& out);
+// Completes `t` from the stream's registered definition in `db`, if any. False (printed) when
+// the CLI cannot reproduce it: registered with a filter or serializer callback, or --table /
+// --columns given other than the registered ones.
+bool registered_definition(const char* cmd, sqlite3* db, master_target& t);
 
 // Replica side: parses the config file, opens the database (`db_override` replaces the
 // config's) and registers every table. Errors are printed with the config position.

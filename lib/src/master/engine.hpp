@@ -40,6 +40,9 @@ using stmt = detail::statement;
 constexpr int kind_stream = 0;  // stream events, joinable, kept for replay after the ack
 constexpr int kind_direct = 1;  // sync / replay / re-sync answers (own ext), deleted after ack
 constexpr int kind_schema = 2;  // whole schema message, retained
+// The SQL function the guard triggers of registered tables call (registration.cpp): only the
+// library's connections define it, so its name is the error other connections get.
+constexpr char guard_function[] = "edgecqrs_replicated_table_write_through_master_api";
 
 // `v` in decimal, as std::to_string gives it (one small function instead of its instances).
 inline std::string decimal(std::size_t v) {
@@ -316,6 +319,8 @@ struct engine {
 
   // outbox accounting (changed only under txn_mu)
   std::uint64_t pending_records = 0, pending_bytes = 0, kept_records = 0, kept_bytes = 0;
+  // pending_records as last re-read because the outbox had nothing left to send (count_outbox).
+  std::uint64_t recounted_pending = UINT64_MAX;
   bool acked_other = true;  // acknowledged non-stream rows may await deletion
   // publisher
   std::int64_t cursor = 0;
@@ -384,6 +389,9 @@ struct engine {
   std::error_code init();
 
   std::error_code load_incarnation();
+  // Reads the outbox accounting (pending, kept) from the database: at setup, and when another
+  // connection (the CLI, a second master) acknowledged or removed records.
+  std::error_code count_outbox();
 
   void install_hooks();
   void update_stats();
@@ -442,6 +450,11 @@ struct engine {
 
   // ---------- registration ----------
   std::error_code register_table(const table_options& o);
+  // Persists the stream's definition (edgecqrs_registration) and its guard triggers; inside the
+  // registration transaction.
+  std::error_code record_definition(const table_state& t, const table_options& o);
+  // SQL function the guard triggers call: 1 on the library's connections.
+  static void fn_guard(sqlite3_context* ctx, int, sqlite3_value**);
 
   // ---------- commit ----------
   // `tag`: the schema tag the body was encoded with (0: the stream's current one); kept with the

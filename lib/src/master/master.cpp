@@ -33,6 +33,9 @@ master::~master() {
 #ifdef EDGECQRS_HAVE_PREUPDATE_HOOK
   sqlite3_trace_v2(db, 0, nullptr, nullptr);
 #endif
+  // Without the master, writes to registered tables through this connection are refused too.
+  sqlite3_create_function_v2(db, master_detail::guard_function, 0,
+                             SQLITE_UTF8, nullptr, nullptr, nullptr, nullptr, nullptr);
   if (impl_->tx)
     for (auto& t : impl_->tables) impl_->tx->unsubscribe(t->control_topic);
   bool owns = impl_->owns_db;

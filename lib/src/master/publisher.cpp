@@ -54,6 +54,7 @@ std::error_code engine::handle_completions() {
   }
   if (acked.empty()) return {};
   std::uint64_t ar = 0, ab = 0, kr = 0, kb = 0;
+  bool gone = false;  // a record already acknowledged or removed by another connection
   internal_write = true;
   std::error_code ec = exec("BEGIN IMMEDIATE");
   if (!ec) {
@@ -68,7 +69,10 @@ std::error_code engine::handle_completions() {
           ec = sql_fail("ack");
           break;
         }
-        if (sqlite3_changes(db) == 0) continue;  // acknowledged twice (duplicate send)
+        if (sqlite3_changes(db) == 0) {  // acknowledged twice, or by another publisher
+          gone = true;
+          continue;
+        }
         ++ar;
         ab += m.bytes[i];
         if (m.kinds[i] == kind_stream) {
@@ -88,7 +92,10 @@ std::error_code engine::handle_completions() {
     for (auto& m : acked) cursor = std::min(cursor, m.ids.front() - 1);
     return ec;
   }
-  pending_records -= std::min(pending_records, ar);
+  // Another publisher on this database (the CLI's sync --broker, a second master) acknowledges
+  // records too: the counts are then re-read, not guessed.
+  if (gone || ar > pending_records) return count_outbox();
+  pending_records -= ar;
   pending_bytes -= std::min(pending_bytes, ab);
   kept_records += kr;
   kept_bytes += kb;
@@ -214,7 +221,17 @@ std::error_code engine::publish_pending() {
       cursor = std::max<std::int64_t>(cursor, sqlite3_column_int64(s, 0));
       rc = sqlite3_step(s);
     }
-    if (rc == SQLITE_DONE) return {};
+    if (rc == SQLITE_DONE) {
+      // Nothing left to send, nothing in flight, yet records counted pending: another
+      // connection acknowledged or removed them (once per count: records of streams not
+      // registered again stay pending).
+      if (!inflight.empty() || !pending_records || pending_records == recounted_pending)
+        return {};
+      sqlite3_reset(s);
+      std::error_code ec = count_outbox();
+      recounted_pending = pending_records;
+      return ec;
+    }
     if (rc != SQLITE_ROW) return sql_fail("outbox read");
     inflight_msg m;
     m.stream = sqlite3_column_int64(s, 1);

@@ -16,7 +16,23 @@ CREATE TABLE IF NOT EXISTS edgecqrs_outbox(id INTEGER PRIMARY KEY, stream INTEGE
   tag INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS edgecqrs_schema(stream INTEGER NOT NULL, tag INTEGER NOT NULL,
   body BLOB NOT NULL, PRIMARY KEY(stream, tag)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edgecqrs_registration(cqrs_id TEXT PRIMARY KEY, tbl TEXT NOT NULL,
+  columns TEXT NOT NULL, serializer_sql TEXT NOT NULL, tracked TEXT NOT NULL,
+  produce INTEGER NOT NULL, filter INTEGER NOT NULL, serializer INTEGER NOT NULL,
+  schema_tag INTEGER NOT NULL) WITHOUT ROWID;
 )";
+
+// Guard triggers (docs/capture.md): a write to a registered table from a connection the
+// library does not own fails. The WHEN clause calls a function only the library's connections
+// have: elsewhere the write statement fails to prepare with "no such function: <this name>";
+// a connection defining a function of that name returning anything but 1 gets the RAISE.
+const char* const guard_ops[3] = {"insert", "update", "delete"};
+
+// Appends `name` as a quoted identifier to a comma-joined list ("a","b": edgecqrs_registration).
+void add_ident(std::string& list, const std::string& name) {
+  if (!list.empty()) list += ',';
+  list += quote_ident(name);
+}
 
 bool ieq(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -99,22 +115,7 @@ std::error_code engine::init() {
   };
   for (const auto& k : kStatements)
     if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
-  stmt q;
-  if (prepare(q,
-              "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
-              "WHERE acked=0 OR kind=0 GROUP BY acked"))
-    return sql_fail("outbox count");
-  while (sqlite3_step(q.get()) == SQLITE_ROW) {
-    auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
-    auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
-    if (sqlite3_column_int(q.get(), 0)) {
-      kept_records = n;
-      kept_bytes = b;
-    } else {
-      pending_records = n;
-      pending_bytes = b;
-    }
-  }
+  if (auto cec = count_outbox()) return cec;
   {
     stmt vq;
     if (prepare(vq, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
@@ -136,6 +137,27 @@ std::error_code engine::init() {
   snk->max_control = cfg.max_pending_control;
   install_hooks();
   update_stats();
+  return {};
+}
+
+std::error_code engine::count_outbox() {
+  stmt q;
+  if (prepare(q,
+              "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
+              "WHERE acked=0 OR kind=0 GROUP BY acked"))
+    return sql_fail("outbox count");
+  pending_records = pending_bytes = kept_records = kept_bytes = 0;
+  while (sqlite3_step(q.get()) == SQLITE_ROW) {
+    auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+    auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
+    if (sqlite3_column_int(q.get(), 0)) {
+      kept_records = n;
+      kept_bytes = b;
+    } else {
+      pending_records = n;
+      pending_bytes = b;
+    }
+  }
   return {};
 }
 
@@ -410,6 +432,7 @@ std::error_code engine::register_table(const table_options& o) {
     if (sqlite3_step(mx.get()) == SQLITE_ROW && sqlite3_column_type(mx.get(), 0) != SQLITE_NULL)
       tp->next_seq =
           std::max(tp->next_seq, static_cast<std::uint64_t>(sqlite3_column_int64(mx.get(), 0)));
+    if (auto e = record_definition(*tp, o)) return e;
     return enqueue_schema(*tp, nr, nb);
   });
   if (ec) return ec;
@@ -432,6 +455,45 @@ std::error_code engine::register_table(const table_options& o) {
   }
   tp->head = tp->next_seq - 1;
   if (tx) subscribe_control(*tp);
+  return {};
+}
+
+std::error_code engine::record_definition(const table_state& t, const table_options& o) {
+  // The definition the CLI reproduces (tools/edgecqrs: sync, dump, diff-*).
+  std::string cols, tracked;
+  if (o.serializer_sql.empty())
+    for (const auto& c : t.sch.columns) add_ident(cols, c.name);
+  for (const auto& n : o.tracked) add_ident(tracked, n);
+  stmt def;
+  if (prepare(def,
+              "INSERT OR REPLACE INTO edgecqrs_registration(cqrs_id,tbl,columns,serializer_sql,"
+              "tracked,produce,filter,serializer,schema_tag) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)"))
+    return sql_fail("registration");
+  const std::string* text[5] = {&t.cqrs_id, &t.table, &cols, &o.serializer_sql, &tracked};
+  for (int i = 0; i < 5; ++i) sqlite3_bind_text(def.get(), i + 1, text[i]->c_str(), -1, nullptr);
+  sqlite3_bind_int(def.get(), 6, o.produce);
+  sqlite3_bind_int(def.get(), 7, o.filter != nullptr);
+  sqlite3_bind_int(def.get(), 8, o.serializer != nullptr);
+  sqlite3_bind_int64(def.get(), 9, t.sch.schema_tag);
+  if (sqlite3_step(def.get()) != SQLITE_DONE) return sql_fail("registration");
+  // Guard triggers: created when missing (they stay across restarts; their name holds the
+  // table's, so a version changing their text must rename them), dropped when the table's
+  // changes are not captured (produce off).
+  for (const char* op : guard_ops) {
+    char* q = t.produce ? sqlite3_mprintf(
+                              "CREATE TRIGGER IF NOT EXISTS \"edgecqrs_guard_%s_%w\" BEFORE %s ON "
+                              "\"%w\" WHEN %s() IS NOT 1 BEGIN SELECT RAISE(ABORT, 'edgecqrs: "
+                              "table %q is replicated: write it through the edgecqrs master API'); "
+                              "END",
+                              op, t.table.c_str(), op, t.table.c_str(), guard_function,
+                              t.table.c_str())
+                        : sqlite3_mprintf("DROP TRIGGER IF EXISTS \"edgecqrs_guard_%s_%w\"", op,
+                                          t.table.c_str());
+    if (!q) return fail(errc::sqlite_error, "out of memory");
+    std::error_code e = exec(q);
+    sqlite3_free(q);
+    if (e) return e;
+  }
   return {};
 }
 
