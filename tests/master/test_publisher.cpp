@@ -295,6 +295,40 @@ TEST_CASE("control replay of a pruned range answers with a full re-sync") {
   CHECK(msg.events[0].row_version == 1);
 }
 
+TEST_CASE("control resync answers with the request's nonce as session id (random without one)") {
+  pub_fixture f;
+  f.insert(1);
+  f.drain();
+  f.clear();
+  f.control(control_op::resync, "r4", 0x1234567890abcdefULL, 0);
+  f.drain();
+  auto d = f.direct("r4");
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].msg.resync.session == 0x1234567890abcdefULL);
+  CHECK(d[0].msg.resync.upto_seq == 1);
+  f.clear();
+  f.control(control_op::resync, "r4");
+  f.drain();
+  d = f.direct("r4");
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].msg.resync.session != 0x1234567890abcdefULL);
+  // A replay the master cannot serve falls back to a re-sync that uses no seq as its id.
+  master_config cfg;
+  cfg.replay_keep_records = 1;
+  pub_fixture g(cfg);
+  for (int i = 1; i <= 3; ++i) {
+    g.insert(i);
+    g.drain();
+  }
+  g.clear();
+  g.control(control_op::replay, "r5", 1, 3);
+  g.drain();
+  d = g.direct("r5");
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].msg.has_resync);
+  CHECK(d[0].msg.resync.session != 1);
+}
+
 TEST_CASE("control resync of a large table is split into parts, last marked") {
   master_config cfg;
   cfg.max_record_events = 10;

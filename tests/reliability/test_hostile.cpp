@@ -47,9 +47,11 @@ struct fixture {
     REQUIRE_FALSE(r->register_table("items", t));
     REQUIRE_FALSE(r->attach(tp));
     CHECK_FALSE(deliver("edgecqrs/v1/s/items", encode(sch)));
+    auto c = tp.take_controls();  // the initial re-sync request; its answer carries the nonce
+    REQUIRE(c.size() == 1);
     message m = msg(sch, 0, {});
     m.has_resync = true;
-    m.resync = {1, 0, 0, true};
+    m.resync = {c[0].from_seq, 0, 0, true};
     CHECK_FALSE(deliver("edgecqrs/v1/d/gw1/items", encode(m)));
     tp.sent.clear();
     // One legitimate row that every hostile message must leave alone.

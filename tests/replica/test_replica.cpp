@@ -64,14 +64,25 @@ struct fixture {
   void send_schema(const schema& s) {
     CHECK_FALSE(deliver("edgecqrs/v1/s/" + s.cqrs_id, encode(s)));
   }
-  // Schema known and the initial re-sync answered with an empty table.
+  // Schema known and the initial re-sync answered with an empty table (the master answers with
+  // the request's nonce as session id).
   void ready() {
     send_schema(sch);
+    auto c = tp.take_controls();
+    REQUIRE(c.size() == 1);
     message m = msg(sch, 0, {});
     m.has_resync = true;
-    m.resync = {1, 0, 0, true};
+    m.resync = {c[0].from_seq, 0, 0, true};
     CHECK_FALSE(send_direct(m));
     tp.sent.clear();
+  }
+  // An operator re-sync request: the nonce its answer must carry.
+  std::uint64_t ask() {
+    CHECK_FALSE(r->request_resync("items"));
+    auto c = tp.take_controls();
+    REQUIRE(c.size() == 1);
+    CHECK(c[0].op == control_op::resync);
+    return c[0].from_seq;
   }
   std::vector<std::string> rows() { return dump(db, "SELECT id, name, qty FROM items ORDER BY id"); }
 };
@@ -390,12 +401,13 @@ TEST_CASE("re-sync session: sync rule, removal of rows it did not carry, checkpo
                                     save(1, {I(3), T("c"), I(1)})})));
   // Lost: seq 4..9 (row 2 deleted, row 1 updated, ...). Seq 10 touches row 3 after the snapshot.
   CHECK_FALSE(f.send(msg(f.sch, 10, {save(3, {I(3), T("c3"), I(1)})})));
+  const std::uint64_t session = f.ask();
   message p0 = msg(f.sch, 0, {sync(2, {I(1), T("a2"), I(1)})});
   p0.has_resync = true;
-  p0.resync = {7, 9, 0, false};
+  p0.resync = {session, 9, 0, false};
   message p1 = msg(f.sch, 0, {sync(1, {I(5), T("e"), I(1)})});
   p1.has_resync = true;
-  p1.resync = {7, 9, 1, true};
+  p1.resync = {session, 9, 1, true};
   CHECK_FALSE(f.send_direct(p0));
   CHECK_FALSE(f.send_direct(p1));
   CHECK(f.rows() == std::vector<std::string>{"1|'a2'|1", "3|'c3'|1", "5|'e'|1"});
@@ -420,7 +432,7 @@ TEST_CASE("a re-sync with a lost part is requested again and removes nothing") {
   CHECK_FALSE(f.send(msg(f.sch, 1, {save(1, {I(1), T("a"), I(1)})})));
   message p1 = msg(f.sch, 0, {sync(1, {I(2), T("b"), I(1)})});
   p1.has_resync = true;
-  p1.resync = {9, 1, 1, true};  // part 0 never arrived
+  p1.resync = {f.ask(), 1, 1, true};  // part 0 never arrived
   CHECK_FALSE(f.send_direct(p1));
   CHECK(f.rows().size() == 2);
   auto c = f.tp.take_controls();
@@ -440,28 +452,30 @@ TEST_CASE("one running re-sync session: a competing one is ignored, a stalled on
     m.resync = {session, upto, n, last};
     return m;
   };
+  // Three requests went out (sessions answer with their nonces).
+  const std::uint64_t s30 = f.ask(), s31 = f.ask(), s32 = f.ask();
   // Session 30 runs (part 0 of 2: its last part never comes).
-  CHECK_FALSE(f.send_direct(part(30, 2, 0, false, {sync(1, {I(1), T("a"), I(1)})})));
+  CHECK_FALSE(f.send_direct(part(s30, 2, 0, false, {sync(1, {I(1), T("a"), I(1)})})));
   // Session 31 competes: ignored whole, also its last part (which would otherwise remove row 2,
   // marked by no session of its own).
   const auto ignored = f.r->stats().ignored;
-  CHECK_FALSE(f.send_direct(part(31, 2, 0, false, {sync(1, {I(1), T("a"), I(1)})})));
-  CHECK_FALSE(f.send_direct(part(31, 2, 1, true, {sync(5, {I(9), T("z"), I(1)})})));
+  CHECK_FALSE(f.send_direct(part(s31, 2, 0, false, {sync(1, {I(1), T("a"), I(1)})})));
+  CHECK_FALSE(f.send_direct(part(s31, 2, 1, true, {sync(5, {I(9), T("z"), I(1)})})));
   CHECK(f.r->stats().ignored == ignored + 2);
   CHECK(f.r->stats().rows_removed_by_resync == 0);
   CHECK(f.rows() == std::vector<std::string>{"1|'a'|1", "2|'b'|1"});
   stream_status ss;
   REQUIRE_FALSE(f.r->status("items", ss));
-  CHECK(ss.resync_session == 30);
+  CHECK(ss.resync_session == s30);
   // After the stall time without a part of session 30, a new session takes over and completes.
   f.clk.advance(11000);
-  CHECK_FALSE(f.send_direct(part(32, 2, 0, true, {sync(1, {I(1), T("a"), I(1)})})));
+  CHECK_FALSE(f.send_direct(part(s32, 2, 0, true, {sync(1, {I(1), T("a"), I(1)})})));
   CHECK(f.rows() == std::vector<std::string>{"1|'a'|1"});  // row 2 is gone on the master
   CHECK(f.r->stats().rows_removed_by_resync == 1);
   REQUIRE_FALSE(f.r->status("items", ss));
-  CHECK(ss.resync_session == 32);
+  CHECK(ss.resync_session == s32);
   // A late last part of the stalled session 30 is ignored (it would remove row 1).
-  CHECK_FALSE(f.send_direct(part(30, 2, 1, true, {})));
+  CHECK_FALSE(f.send_direct(part(s30, 2, 1, true, {})));
   CHECK(f.rows() == std::vector<std::string>{"1|'a'|1"});
 }
 
@@ -480,8 +494,8 @@ TEST_CASE("a database from before re-sync ownership is migrated on open") {
   CHECK(ss.checkpoint == 7);
   CHECK(ss.head == 9);
   CHECK(one(f.db, "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams') WHERE name IN"
-                  " ('resync_at_ms','resync_done','resync_done_upto','resync_skip','resync_want')") ==
-        "5");
+                  " ('resync_at_ms','resync_done','resync_done_upto','resync_skip','resync_want',"
+                  " 'resync_asked','resync_asks')") == "7");
   f.open();  // a second open finds it migrated
   REQUIRE_FALSE(f.r->status("items", ss));
   CHECK(ss.checkpoint == 7);
@@ -505,7 +519,7 @@ TEST_CASE("a new master incarnation resets the stream and re-syncs") {
   // The new master's rows start at version 1 again and win.
   message p = msg(fresh, 0, {sync(1, {I(1), T("new"), I(1)})});
   p.has_resync = true;
-  p.resync = {1, 0, 0, true};
+  p.resync = {c[0].from_seq, 0, 0, true};
   CHECK_FALSE(f.send_direct(p));
   CHECK(f.rows() == std::vector<std::string>{"1|'new'|1"});
 }
@@ -669,23 +683,28 @@ TEST_CASE("an expired stream message schedules one re-sync reaching past it, kep
   c = f.tp.take_controls();
   REQUIRE(c.size() == 1);
   CHECK(c[0].op == control_op::resync);
-  // A session that read the master before seq 3 does not satisfy it: asked again at once.
+  // A session that read the master before seq 3 (its upto_seq below the checkpoint the request
+  // was sent at) does not run nor satisfy it: asked again after the backoff, not at once.
   message early = msg(f.sch, 0, {sync(1, {I(1), T("a"), I(1)})});
   early.has_resync = true;
-  early.resync = {21, 1, 0, true};
+  early.resync = {c[0].from_seq, 1, 0, true};
   CHECK_FALSE(f.send_direct(early));
+  CHECK(f.tp.take_controls().empty());
+  REQUIRE_FALSE(f.r->status("items", ss));
+  CHECK(ss.resync_pending);
+  CHECK(f.r->stats().resync_parts_rejected == 1);
+  f.clk.advance(10000);
+  CHECK_FALSE(f.r->poll());
   c = f.tp.take_controls();
   REQUIRE(c.size() == 1);
   CHECK(c[0].op == control_op::resync);
-  REQUIRE_FALSE(f.r->status("items", ss));
-  CHECK(ss.resync_pending);
   // One reaching past it converges the replica and ends the requests.
   message p0 = msg(f.sch, 0, {sync(1, {I(1), T("a"), I(1)}), sync(1, {I(2), T("b"), I(1)})});
   p0.has_resync = true;
-  p0.resync = {22, 3, 0, false};
+  p0.resync = {c[0].from_seq, 3, 0, false};
   message p1 = msg(f.sch, 0, {sync(1, {I(3), T("c"), I(1)})});
   p1.has_resync = true;
-  p1.resync = {22, 3, 1, true};
+  p1.resync = {c[0].from_seq, 3, 1, true};
   CHECK_FALSE(f.send_direct(p0));
   CHECK_FALSE(f.send_direct(p1));
   CHECK(f.rows() == std::vector<std::string>{"1|'a'|1", "2|'b'|1", "3|'c'|1"});

@@ -108,6 +108,12 @@ struct replica_options {
   std::size_t max_dead_letter_bytes = 16u << 20;
   // Tombstones are pruned once older than this and below the stream checkpoint.
   std::int64_t tombstone_retention_ms = 7LL * 24 * 3600 * 1000;
+  // A stream message whose seq (or a heartbeat whose head) lies more than this beyond the
+  // highest seq the replica knows of the stream is implausible: dead-lettered with
+  // errc::integer_out_of_range, changing no stream state. A re-sync session whose upto_seq lies
+  // that far beyond it fails (docs/replication.md §3, §4). Keep it above the number of events a
+  // master can produce while a replica is away.
+  std::uint64_t max_seq_ahead = std::uint64_t{1} << 32;
 };
 
 // Counters since the replica object was opened (not persisted).
@@ -130,6 +136,8 @@ struct replica_stats {
   std::uint64_t dead_letters_dropped = 0;  // oldest dropped to honour the bound
   std::uint64_t tombstones_pruned = 0;
   std::uint64_t commit_failures = 0;     // the message was not made durable (gap repair refetches)
+  std::uint64_t resync_parts_rejected = 0;  // re-sync parts of sessions this replica did not ask
+                                            // for (or older than a completed one): not applied
 };
 
 struct dead_letter {
@@ -190,7 +198,10 @@ class replica {
   // the application loop (every 100 ms or so). Errors: sqlite_error.
   EDGECQRS_API std::error_code poll();
 
-  // Asks the master for a full re-sync of a stream (also done automatically, docs/replication.md).
+  // Asks the master for a full re-sync of a stream (also done automatically, docs/replication.md):
+  // the want is stored with the stream and asked for until a session requested after this call
+  // completes, also after a restart. Errors: unknown_stream, sqlite_error (the want could not be
+  // stored; nothing was asked).
   EDGECQRS_API std::error_code request_resync(std::string_view cqrs_id);
 
   EDGECQRS_API replica_stats stats() const;

@@ -73,6 +73,7 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
     }
     // The range is gone: answer with a full re-sync.
   }
-  return sync_locked(t, "", {}, c.replica, true, nullptr);
+  return sync_locked(t, "", {}, c.replica, true, nullptr,
+                     c.op == control_op::resync ? c.from_seq : 0);
 }
 }  // namespace edgecqrs::master_detail

@@ -511,7 +511,7 @@ struct engine {
   std::error_code enqueue_schema(table_state& t, std::uint64_t& nr, std::uint64_t& nb);
   std::error_code sync_locked(table_state& t, std::string_view where_sql,
                               const std::vector<sql_param>& params, std::string_view replica,
-                              bool resync, std::size_t* synced);
+                              bool resync, std::size_t* synced, std::uint64_t session = 0);
   std::error_code internal_txn(fn_ref<std::error_code(std::uint64_t&, std::uint64_t&)> body);
   std::error_code subscribe_control(table_state& t);
   // The hooks name the table with SQLite's own (stable) string: remember the last one.

@@ -122,7 +122,7 @@ std::error_code engine::read_rows(
 
 std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
                                     const std::vector<sql_param>& params, std::string_view replica,
-                                    bool resync, std::size_t* synced) {
+                                    bool resync, std::size_t* synced, std::uint64_t session) {
   std::size_t rows = 0;
   std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
     message ext_msg;
@@ -130,9 +130,13 @@ std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
     if (resync) {
       ext_msg.reply_to = std::string(replica);
       ext_msg.has_resync = true;
-      std::uint64_t session = 0;
-      sqlite3_randomness(sizeof session, &session);
-      ext_msg.resync.session = session >> 1;  // stays within 63 bits for SQLite-friendly logs
+      // The requester's nonce (docs/wire-format.md §5): the replica accepts only sessions it
+      // asked for. None given (an older replica, or a replay that fell back): a random id.
+      if (session == 0) {
+        sqlite3_randomness(sizeof session, &session);
+        session >>= 1;  // stays within 63 bits for SQLite-friendly logs
+      }
+      ext_msg.resync.session = session;
       ext_msg.resync.upto_seq = t.next_seq - 1;
     }
     std::vector<std::uint8_t> ext;

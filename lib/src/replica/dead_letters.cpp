@@ -90,10 +90,10 @@ std::error_code replica::impl::dead_letter_message(std::string_view cqrs_id, std
     p = s->prog;
     advance(p, *m, opts.max_seen_ranges);
     // An expired stream message is handled but its changes are missing: a replay would bring
-    // the same expired bytes, so the stream wants a re-sync reaching past it (persisted, so a
+    // the same expired bytes, so the stream wants a re-sync asked for after it (persisted, so a
     // restart or another replica object on this database asks too).
     if (reason == errc::expired && m->first_seq > 0 && !m->events.empty())
-      p.resync_want = std::max(p.resync_want, m->first_seq + m->events.size() - 1);
+      raise_want(p, true);
   }
   if (!ec)
     ec = put_dead_letter(cqrs_id, topic, {}, reason,
@@ -103,7 +103,7 @@ std::error_code replica::impl::dead_letter_message(std::string_view cqrs_id, std
   if (auto e = commit_or_rollback(ec, topic)) return e;
   if (s && m) {
     s->prog = p;
-    if (p.resync_want > 0) want_resync(*s, p.resync_want);
+    settle_resync(*s);
     update_gap_state(*s);
   }
   return reason;

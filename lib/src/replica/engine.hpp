@@ -49,6 +49,17 @@ constexpr std::size_t max_schemas_per_stream = 32;
 constexpr std::uint64_t broken_run = std::uint64_t{1} << 62;
 constexpr std::uint64_t finished_run = broken_run + 1;
 constexpr std::size_t max_skipped_sessions = 8;
+constexpr std::size_t max_asked_sessions = 8;
+
+// A re-sync request this replica (or another object on its database) sent: the master answers
+// with session id = nonce (docs/replication.md §4).
+struct asked_session {
+  std::uint64_t nonce = 0;
+  std::uint64_t index = 0;  // 1-based count of requests of the stream
+  std::uint64_t floor = 0;  // max(checkpoint, last completed upto_seq) when asked
+  std::int64_t at_ms = 0;   // wall time of the request
+  bool done = false;        // answered by a completed session (this one or a newer one)
+};
 
 struct local_column {
   std::string name;
@@ -68,14 +79,24 @@ struct progress {
   // Re-sync ownership across replica objects (and processes) on one database
   // (docs/replication.md §4): when the running session last made progress (wall ms), how many
   // sessions completed and the upto_seq of the last one, the ids of competing sessions that are
-  // ignored, and the lowest upto_seq a wanted re-sync must reach (0: none wanted, e.g. expired
-  // stream messages were dead-lettered).
+  // ignored, the wanted re-sync (0: none; else the lowest request index whose session satisfies
+  // it: a session asked for after the cause read the master after it), and the requests sent
+  // (the last few; only their sessions are accepted) with their count.
   std::int64_t resync_at_ms = 0;
   std::uint64_t resync_done = 0;
   std::uint64_t resync_done_upto = 0;
   std::vector<std::uint64_t> resync_skip;
   std::uint64_t resync_want = 0;
+  std::vector<asked_session> resync_asked;
+  std::uint64_t resync_asks = 0;
 };
+
+// Raises the stream's re-sync want (persisted with the stream): `fresh` when the cause needs a
+// session asked for after it (expired data, new incarnation, operator), else any session asked
+// for while it stands (coalesced).
+inline void raise_want(progress& p, bool fresh) {
+  if (fresh || p.resync_want == 0) p.resync_want = p.resync_asks + 1;
+}
 
 struct stream {
   std::int64_t sid = 0;
@@ -90,13 +111,9 @@ struct stream {
   std::int64_t gap_since_ms = 0;
   std::int64_t next_replay_ms = 0;
   std::int64_t replay_backoff_ms = 0;
-  bool resync_pending = false;
+  bool resync_pending = false;  // prog.resync_want != 0 as last seen
   std::int64_t next_resync_ms = 0;
   std::int64_t resync_backoff_ms = 0;
-  // The pending request is satisfied by a session completed after it (prog.resync_done above
-  // resync_done_mark) whose upto_seq reaches resync_min_upto.
-  std::uint64_t resync_done_mark = 0;
-  std::uint64_t resync_min_upto = 0;
   bool schema_wanted = false;
   std::int64_t next_schema_ms = 0;
   std::int64_t schema_backoff_ms = 0;
@@ -223,10 +240,12 @@ struct replica::impl {
 
   void queue_control(const stream& s, control_op op, std::uint64_t from, std::uint64_t to);
   void want_schema(stream& s);
-  void want_resync(stream& s, std::uint64_t min_upto = 0);
+  std::error_code want_resync(stream& s, bool fresh);
   void settle_resync(stream& s);
+  void ask_resync(stream& s);
+  bool plausible_seq(const stream& s, const message& m) const;
   std::error_code finish_resync(stream& s, progress& p, const resync_marker& r,
-                                replica_stats& delta);
+                                std::uint64_t index, replica_stats& delta);
   std::error_code poll_locked();
   void flush_controls(std::unique_lock<std::mutex>& lk);
 

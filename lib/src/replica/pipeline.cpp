@@ -92,6 +92,15 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
     return make_error_code(errc::stale_version);
   }
   const std::size_t n = m.events.size();
+  // A seq beyond what the master could have produced (far beyond the highest known) is
+  // rejected before it moves any state: it would open gaps no master can fill, or a re-sync
+  // want no session reaches.
+  if (!plausible_seq(s, m))
+    return dead_letter_message(
+        s.cqrs_id, topic, make_error_code(errc::integer_out_of_range),
+        "seq " + std::to_string(m.first_seq) + " implausibly far beyond the known head " +
+            std::to_string(std::max(s.prog.head, s.prog.checkpoint)) + " (max_seq_ahead)",
+        data, size, mo.dead_letter_id, nullptr, nullptr);
   if (n == 0 && !(m.has_resync && direct)) {
     if (m.first_seq == 0 || m.first_seq - 1 <= s.prog.head) return {};
     if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
@@ -143,11 +152,11 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
   // objects or processes may apply to this database (docs/replication.md §4, "Several
   // replica objects on one database").
   progress p;
-  std::uint64_t session = 0;
-  bool finish_session = false, session_broken = false, competing = false;
+  std::uint64_t session = 0, asked_index = 0;
+  bool finish_session = false, session_broken = false, competing = false, rejected = false;
   auto prepare = [&]() -> std::error_code {
-    session = 0;
-    finish_session = session_broken = competing = false;
+    session = asked_index = 0;
+    finish_session = session_broken = competing = rejected = false;
     if (auto ec = reload_stream(s)) return ec;
     p = s.prog;
     if (!s.has_incarnation || pl->sch.incarnation != s.incarnation) {
@@ -155,8 +164,28 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
       return {};
     }
     advance(p, m, opts.max_seen_ranges);
+    // Too many holes to track: a re-sync is cheaper than remembering them (coalesced; the
+    // backoff bounds the requests while the set stays full).
+    if (p.seen.size() >= opts.max_seen_ranges) raise_want(p, false);
     if (!(m.has_resync && direct)) return {};
-    // Session ids are opaque (the master picks them at random). The database holds the one
+    // Only a session this replica asked for (the master answers with the request's nonce as
+    // session id) that read at least what the replica had when it asked, and no older than a
+    // completed one, may run: anything else (forged, or redelivered from before a newer session
+    // completed) is ignored whole. A replay the master could not serve is answered by a session
+    // nobody asked for: while the stream has a gap, that makes the replica want a re-sync.
+    const auto& r = m.resync;
+    const auto a = std::find_if(p.resync_asked.begin(), p.resync_asked.end(),
+                                [&](const asked_session& x) { return x.nonce == r.session; });
+    if (a == p.resync_asked.end() || a->done || r.upto_seq < a->floor ||
+        r.upto_seq < p.resync_done_upto) {
+      if (a == p.resync_asked.end() && (!p.seen.empty() || p.head > p.checkpoint))
+        raise_want(p, false);
+      rejected = true;
+      return {};
+    }
+    asked_index = a->index;
+    const std::size_t asked_at = static_cast<std::size_t>(a - p.resync_asked.begin());
+    // Session ids are the nonces of this replica's requests. The database holds the one
     // running session; a run completes only when parts 0..last of that session arrived in
     // order (resync_parts = next part expected, broken_run once a part was skipped). A part
     // of another session starts a new run when none is running (or the running one made no
@@ -165,7 +194,6 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
     // carried by the running session or come later by the stream, so nothing is lost, and
     // its marks never replace the running session's (which would let that session's sweep
     // remove them).
-    const auto& r = m.resync;
     if (r.session != p.resync_session) {
       const bool running = p.resync_session != 0 && p.resync_parts < broken_run;
       const bool stalled = running && msg_now - p.resync_at_ms >= resync_initial_backoff();
@@ -198,7 +226,12 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
       else if (r.part > p.resync_parts)
         p.resync_parts = broken_run;
       if (r.last) {
-        if (p.resync_parts == r.part + 1) {
+        if (p.resync_parts == r.part + 1 && r.upto_seq - std::min(r.upto_seq, p.head) >
+                                                opts.max_seq_ahead) {
+          // Implausible bounds: the session fails (no sweep, no checkpoint move); asked again.
+          session_broken = true;
+          p.resync_parts = finished_run;
+        } else if (p.resync_parts == r.part + 1) {
           finish_session = true;
           p.resync_parts = finished_run;
         } else if (p.resync_parts == broken_run) {
@@ -208,6 +241,11 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
           p.resync_parts = finished_run;
         }
       }
+    }
+    if (session_broken) {
+      // Answered, but spoilt: the want stands and a new request may go out at once.
+      p.resync_asked[asked_at].done = true;
+      raise_want(p, false);
     }
     return {};
   };
@@ -247,7 +285,7 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
         return make_error_code(errc::sqlite_error);
     }
     if (finish_session) {
-      if (auto ec = finish_resync(s, p, m.resync, delta)) return ec;
+      if (auto ec = finish_resync(s, p, m.resync, asked_index, delta)) return ec;
     }
     if (auto ec = save_stream(s, p)) return ec;
     return {};
@@ -255,12 +293,12 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
   if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
   const replica_stats saved = st;
   std::error_code ec = prepare();
-  if (!ec && competing) {
-    // Nothing of the message applies; only the skip list may change.
+  if (!ec && (competing || rejected)) {
+    // Nothing of the message applies; only the skip list and the want may change.
     ec = save_stream(s, p);
     if (auto e = commit_or_rollback(ec, topic)) return e;
     s.prog = p;
-    ++st.ignored;
+    ++(rejected ? st.resync_parts_rejected : st.ignored);
     settle_resync(s);
     update_gap_state(s);
     return {};
@@ -272,7 +310,7 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
     st = saved;
     if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
     ec = prepare();
-    if (!ec && competing) ec = make_error_code(errc::sqlite_error);  // changed under us
+    if (!ec && (competing || rejected)) ec = make_error_code(errc::sqlite_error);  // changed
     if (!ec) ec = run(true);
   }
   if (!ec && exec(db, "COMMIT") != SQLITE_OK) ec = make_error_code(errc::sqlite_error);
@@ -291,13 +329,9 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
   st.rows_removed_by_resync += delta.rows_removed_by_resync;
   s.prog = p;
   if (finish_session) ++st.resyncs_completed;
+  // A spoilt session is asked again at once the first time; later ones wait for the backoff.
+  if (session_broken && s.resync_backoff_ms <= 2 * resync_initial_backoff()) s.next_resync_ms = 0;
   settle_resync(s);
-  if (session_broken) {
-    s.resync_pending = false;
-    want_resync(s, p.resync_want);
-  }
-  // Too many holes to track: a re-sync is cheaper than remembering them.
-  if (s.prog.seen.size() >= opts.max_seen_ranges) want_resync(s);
   update_gap_state(s);
   return {};
 }

@@ -13,7 +13,8 @@ const char* const schema_sql =
     " resync_session INTEGER NOT NULL DEFAULT 0, resync_parts INTEGER NOT NULL DEFAULT 0,"
     " resync_at_ms INTEGER NOT NULL DEFAULT 0, resync_done INTEGER NOT NULL DEFAULT 0,"
     " resync_done_upto INTEGER NOT NULL DEFAULT 0, resync_skip BLOB,"
-    " resync_want INTEGER NOT NULL DEFAULT 0);"
+    " resync_want INTEGER NOT NULL DEFAULT 0, resync_asked BLOB,"
+    " resync_asks INTEGER NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS edgecqrs_r_rows("
     " sid INTEGER NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,"
     " seq INTEGER NOT NULL, session INTEGER NOT NULL, at_ms INTEGER NOT NULL,"
@@ -52,37 +53,39 @@ replica::impl::~impl() {
 
 std::error_code replica::impl::init() {
   if (exec(db, schema_sql) != SQLITE_OK) return make_error_code(errc::sqlite_error);
-  // Databases created before re-sync ownership lack its columns.
-  {
-    statement has;
-    if (has.prepare(db,
-                    "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
-                    " WHERE name='resync_want'") != SQLITE_OK ||
-        has.step() != SQLITE_ROW)
-      return make_error_code(errc::sqlite_error);
-    const bool missing = has.col_int(0) == 0;
-    has.reset();
-    if (missing &&
-        exec(db,
-             "BEGIN IMMEDIATE;"
-             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_at_ms INTEGER NOT NULL"
-             " DEFAULT 0;"
-             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done INTEGER NOT NULL"
-             " DEFAULT 0;"
-             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done_upto INTEGER NOT NULL"
-             " DEFAULT 0;"
-             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_skip BLOB;"
-             "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_want INTEGER NOT NULL"
-             " DEFAULT 0;"
-             "COMMIT") != SQLITE_OK) {
+  // Databases created before re-sync ownership (or before re-sync requests carried a nonce)
+  // lack their columns. A want stored then (an upto_seq) is satisfied by any session now.
+  struct {
+    const char* column;
+    const char* sql;
+  } const steps[] = {
+      {"resync_want",
+       "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_at_ms INTEGER NOT NULL DEFAULT 0;"
+       "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done INTEGER NOT NULL DEFAULT 0;"
+       "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_done_upto INTEGER NOT NULL DEFAULT 0;"
+       "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_skip BLOB;"
+       "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_want INTEGER NOT NULL DEFAULT 0;"},
+      {"resync_asks",
+       "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_asked BLOB;"
+       "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_asks INTEGER NOT NULL DEFAULT 0;"
+       "UPDATE edgecqrs_r_streams SET resync_want=1 WHERE resync_want>0;"},
+  };
+  for (const auto& step : steps) {
+    auto has_column = [&]() {
+      statement has;
+      if (has.prepare(db,
+                      "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
+                      " WHERE name=?1") != SQLITE_OK)
+        return false;
+      has.bind_text(1, step.column);
+      return has.step() == SQLITE_ROW && has.col_int(0) != 0;
+    };
+    if (has_column()) continue;
+    if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK || exec(db, step.sql) != SQLITE_OK ||
+        exec(db, "COMMIT") != SQLITE_OK) {
       exec(db, "ROLLBACK");
       // Another replica object may have migrated it meanwhile.
-      statement again;
-      if (again.prepare(db,
-                        "SELECT count(*) FROM pragma_table_info('edgecqrs_r_streams')"
-                        " WHERE name='resync_want'") != SQLITE_OK ||
-          again.step() != SQLITE_ROW || again.col_int(0) == 0)
-        return make_error_code(errc::sqlite_error);
+      if (!has_column()) return make_error_code(errc::sqlite_error);
     }
   }
   struct {
@@ -111,11 +114,12 @@ std::error_code replica::impl::init() {
       {&q_stream_put,
        "UPDATE edgecqrs_r_streams SET incarnation=?2, checkpoint=?3, head=?4, seen=?5,"
        " resync_session=?6, resync_parts=?7, resync_at_ms=?8, resync_done=?9,"
-       " resync_done_upto=?10, resync_skip=?11, resync_want=?12 WHERE sid=?1"},
+       " resync_done_upto=?10, resync_skip=?11, resync_want=?12, resync_asked=?13,"
+       " resync_asks=?14 WHERE sid=?1"},
       {&q_stream_get,
        "SELECT incarnation, checkpoint, head, seen, resync_session, resync_parts, resync_at_ms,"
-       " resync_done, resync_done_upto, resync_skip, resync_want FROM edgecqrs_r_streams"
-       " WHERE sid=?1"},
+       " resync_done, resync_done_upto, resync_skip, resync_want, resync_asked, resync_asks"
+       " FROM edgecqrs_r_streams WHERE sid=?1"},
       {&q_schema_get, "SELECT body FROM edgecqrs_r_schemas WHERE sid=?1 AND tag=?2"},
       {&q_schema_put,
        "INSERT OR REPLACE INTO edgecqrs_r_schemas(sid,tag,incarnation,body) VALUES(?1,?2,?3,?4)"},
@@ -295,12 +299,11 @@ std::error_code replica::request_resync(std::string_view cqrs_id) {
   auto it = impl_->by_id.find(std::string(cqrs_id));
   if (it == impl_->by_id.end()) return make_error_code(errc::unknown_stream);
   stream& s = *it->second;
-  impl_->reload_stream(s);  // best effort: the request stands either way
-  s.resync_pending = false;
-  // Satisfied only by a session that read the master after what this replica knows of.
-  impl_->want_resync(s, std::max(s.prog.head, s.prog.resync_want));
+  // Satisfied only by a session asked for from now on (it reads the master after this call).
+  s.next_resync_ms = 0;
+  std::error_code ec = impl_->want_resync(s, true);
   impl_->flush_controls(lk);
-  return {};
+  return ec;
 }
 
 replica_stats replica::stats() const {
@@ -320,7 +323,7 @@ std::error_code replica::status(std::string_view cqrs_id, stream_status& out) co
   out.seen_ranges = s.prog.seen.size();
   out.has_incarnation = s.has_incarnation;
   out.resync_session = s.prog.resync_session;
-  out.resync_pending = s.resync_pending;
+  out.resync_pending = s.prog.resync_want != 0;
   return {};
 }
 

@@ -32,40 +32,72 @@ void replica::impl::want_schema(stream& s) {
   queue_control(s, control_op::schema, 0, 0);
 }
 
-// One pending re-sync per stream: a second want only raises the upto_seq the completing
-// session must reach (coalesced); the timer in poll() repeats the request with backoff.
-void replica::impl::want_resync(stream& s, std::uint64_t min_upto) {
-  if (s.resync_pending) {
-    s.resync_min_upto = std::max(s.resync_min_upto, min_upto);
-    return;
-  }
-  s.resync_pending = true;
-  s.resync_min_upto = min_upto;
-  s.resync_done_mark = s.prog.resync_done;
-  s.resync_backoff_ms = resync_initial_backoff();
-  s.next_resync_ms = steady() + s.resync_backoff_ms;
-  queue_control(s, control_op::resync, 0, 0);
+// Raises the stream's persisted re-sync want in a transaction of its own (request_resync) and
+// asks when the backoff allows.
+std::error_code replica::impl::want_resync(stream& s, bool fresh) {
+  if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(s.cqrs_id);
+  std::error_code ec = reload_stream(s);
+  progress p = s.prog;
+  raise_want(p, fresh);
+  if (!ec) ec = save_stream(s, p);
+  if (auto e = commit_or_rollback(ec, s.cqrs_id)) return e;
+  s.prog = p;
+  settle_resync(s);
+  return {};
 }
 
-// After s.prog was refreshed: a session completed (by this object or another one on the same
-// database) since the request satisfies it when its upto_seq is high enough; otherwise the
-// request goes out again at once.
+// After s.prog was refreshed (committed or re-read): one request in flight per stream while a
+// re-sync is wanted, repeated with backoff (from resync_initial_backoff(), doubling) until a
+// session asked for after the want completes (by this object or another one on the database).
+// The backoff starts over only when a want ends with the stream gap-free, so a want that comes
+// back at once (a seen-range set that stays full) never asks faster than the backoff.
 void replica::impl::settle_resync(stream& s) {
-  if (!s.resync_pending || s.prog.resync_done <= s.resync_done_mark) return;
-  if (s.prog.resync_done_upto >= s.resync_min_upto) {
+  if (s.prog.resync_want == 0) {
+    if (s.resync_pending && s.prog.seen.empty() && s.prog.head <= s.prog.checkpoint)
+      s.next_resync_ms = s.resync_backoff_ms = 0;
     s.resync_pending = false;
     return;
   }
-  s.resync_done_mark = s.prog.resync_done;
-  s.resync_backoff_ms = resync_initial_backoff();
-  s.next_resync_ms = steady() + s.resync_backoff_ms;
-  queue_control(s, control_op::resync, 0, 0);
+  s.resync_pending = true;
+  if (steady() >= s.next_resync_ms) ask_resync(s);
+}
+
+// Sends a re-sync request with a fresh nonce, recorded with the stream first (the answer may
+// come before publish returns; another object on the database or a restart accepts it too).
+void replica::impl::ask_resync(stream& s) {
+  const std::int64_t initial = resync_initial_backoff(), wall = now();
+  const auto& asked = s.prog.resync_asked;
+  if (!asked.empty() && !asked.back().done && asked.back().index >= s.prog.resync_want &&
+      wall >= asked.back().at_ms && wall - asked.back().at_ms < initial) {
+    // A request for this want went out a moment ago (before a restart, or by another object).
+    s.next_resync_ms = steady() + initial - (wall - asked.back().at_ms);
+    return;
+  }
+  const std::int64_t backoff = s.resync_backoff_ms > 0 ? s.resync_backoff_ms : initial;
+  s.next_resync_ms = steady() + backoff;
+  s.resync_backoff_ms = std::min(backoff * 2, std::max(opts.request_backoff_max_ms, initial));
+  std::uint64_t nonce = 0;
+  sqlite3_randomness(sizeof nonce, &nonce);
+  nonce = (nonce >> 1) | 1;  // 63 bits (SQLite INTEGER), never 0 (0: the master picks one)
+  if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return;  // the timer asks again
+  std::error_code ec = reload_stream(s);
+  progress p = s.prog;
+  p.resync_asked.push_back(
+      {nonce, ++p.resync_asks, std::max(p.checkpoint, p.resync_done_upto), wall, false});
+  if (p.resync_asked.size() > max_asked_sessions) p.resync_asked.erase(p.resync_asked.begin());
+  if (!ec) ec = save_stream(s, p);
+  if (!ec && exec(db, "COMMIT") == SQLITE_OK) {
+    s.prog = p;
+    queue_control(s, control_op::resync, nonce, 0);
+  } else {
+    exec(db, "ROLLBACK");
+  }
 }
 
 // Inside the transaction: removes rows of the stream the session did not carry and no later
 // stream event touched, then raises the checkpoint.
 std::error_code replica::impl::finish_resync(stream& s, progress& p, const resync_marker& r,
-                                             replica_stats& delta) {
+                                             std::uint64_t index, replica_stats& delta) {
   statement q;
   if (q.prepare(db,
                 "SELECT key, version FROM edgecqrs_r_rows WHERE sid=?1 AND deleted=0 AND"
@@ -116,10 +148,15 @@ std::error_code replica::impl::finish_resync(stream& s, progress& p, const resyn
       ++delta.rows_removed_by_resync;
     }
   }
-  raise_checkpoint(p, r.upto_seq);
+  // Never beyond the seqs the replica knows exist (an initial load before any stream message
+  // or heartbeat: the gap up to upto_seq is then replayed, as duplicates).
+  raise_checkpoint(p, std::min(r.upto_seq, p.head));
   ++p.resync_done;
   p.resync_done_upto = r.upto_seq;
-  if (p.resync_want <= r.upto_seq) p.resync_want = 0;
+  // The want is satisfied by a session asked for after it; this session's request and older
+  // ones are done (a redelivery of their parts is ignored).
+  if (index >= p.resync_want) p.resync_want = 0;
+  for (auto& a : p.resync_asked) a.done = a.done || a.index <= index;
   return {};
 }
 
@@ -130,23 +167,15 @@ std::error_code replica::impl::poll_locked() {
     // Another replica object on this database may have moved the stream (applied the other
     // half of a shared subscription, completed a re-sync): timers work from the persisted
     // state. A read that fails (busy) keeps the last known state until the next poll.
+    // A wanted re-sync is asked for until a session satisfies it, also after a restart.
     if (!reload_stream(s)) {
       settle_resync(s);
       update_gap_state(s);
     }
-    // A wanted re-sync (expired stream messages) is asked for until a session reaches it,
-    // also after a restart.
-    if (s.prog.resync_want > 0) want_resync(s, s.prog.resync_want);
     if (s.schema_wanted && t >= s.next_schema_ms) {
       queue_control(s, control_op::schema, 0, 0);
       s.schema_backoff_ms = std::min(s.schema_backoff_ms * 2, opts.request_backoff_max_ms);
       s.next_schema_ms = t + s.schema_backoff_ms;
-    }
-    if (s.resync_pending && t >= s.next_resync_ms) {
-      queue_control(s, control_op::resync, 0, 0);
-      s.resync_backoff_ms = std::min(s.resync_backoff_ms * 2,
-                                     std::max(opts.request_backoff_max_ms, s.resync_backoff_ms));
-      s.next_resync_ms = t + s.resync_backoff_ms;
     }
     if (s.gap_open && !s.resync_pending && t >= s.next_replay_ms) {
       // Each hole below the highest known seq, oldest first.

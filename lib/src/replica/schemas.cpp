@@ -197,6 +197,8 @@ std::error_code replica::impl::handle_schema(stream& s, std::string_view topic,
     fresh.resync_done = p.resync_done;
     p = fresh;
   }
+  // The initial load, or the new master's rows: wanted until a session asked for now completes.
+  if (first || reset) raise_want(p, true);
   if (!ec) {
     reset_guard g(q_schema_put);
     q_schema_put.bind(1, s.sid);
@@ -249,8 +251,9 @@ std::error_code replica::impl::handle_schema(stream& s, std::string_view topic,
   if (reset) {
     s.gap_open = false;
     s.resync_pending = false;
+    s.next_resync_ms = s.resync_backoff_ms = 0;
   }
-  if (first || reset) want_resync(s);
+  settle_resync(s);
   plan* pl = find_plan(s, sch.schema_tag);
   if (pl && pl->problem) last_error = pl->problem_detail;
   // Messages parked for want of this schema can be applied now.

@@ -70,6 +70,23 @@ void ids_from_blob(std::string_view b, std::vector<std::uint64_t>& ids) {
   }
 }
 
+std::string asked_to_blob(const std::vector<asked_session>& v) {
+  std::vector<std::uint64_t> ids;
+  for (const auto& a : v)
+    ids.insert(ids.end(),
+               {a.nonce, a.index, a.floor, static_cast<std::uint64_t>(a.at_ms), a.done ? 1u : 0u});
+  return ids_to_blob(ids);
+}
+
+void asked_from_blob(std::string_view b, std::vector<asked_session>& v) {
+  std::vector<std::uint64_t> ids;
+  ids_from_blob(b, ids);
+  v.clear();
+  for (std::size_t i = 0; i + 5 <= ids.size(); i += 5)
+    v.push_back({ids[i], ids[i + 1], ids[i + 2], static_cast<std::int64_t>(ids[i + 3]),
+                 ids[i + 4] != 0});
+}
+
 bool has_gap(const progress& p) { return !p.seen.empty() || p.head > p.checkpoint; }
 
 }  // namespace
@@ -117,6 +134,9 @@ std::error_code replica::impl::save_stream(const stream& s, const progress& p) {
   std::string skip = ids_to_blob(p.resync_skip);
   q_stream_put.bind_blob(11, skip.data(), skip.size());
   q_stream_put.bind(12, static_cast<std::int64_t>(p.resync_want));
+  std::string asked = asked_to_blob(p.resync_asked);
+  q_stream_put.bind_blob(13, asked.data(), asked.size());
+  q_stream_put.bind(14, static_cast<std::int64_t>(p.resync_asks));
   return q_stream_put.step() == SQLITE_DONE ? std::error_code{}
                                             : make_error_code(errc::sqlite_error);
 }
@@ -148,7 +168,16 @@ std::error_code replica::impl::reload_stream(stream& s) {
   p.resync_done_upto = static_cast<std::uint64_t>(q_stream_get.col_int(8));
   ids_from_blob(q_stream_get.col_blob(9), p.resync_skip);
   p.resync_want = static_cast<std::uint64_t>(q_stream_get.col_int(10));
+  asked_from_blob(q_stream_get.col_blob(11), p.resync_asked);
+  p.resync_asks = static_cast<std::uint64_t>(q_stream_get.col_int(12));
   return {};
+}
+
+// A stream seq (or a heartbeat's head) at most max_seq_ahead beyond the highest one known.
+bool replica::impl::plausible_seq(const stream& s, const message& m) const {
+  const std::uint64_t known = std::max(s.prog.head, s.prog.checkpoint);
+  const std::uint64_t seq = m.events.empty() && m.first_seq > 0 ? m.first_seq - 1 : m.first_seq;
+  return seq <= known || seq - known <= opts.max_seq_ahead;
 }
 
 void replica::impl::update_gap_state(stream& s) {
