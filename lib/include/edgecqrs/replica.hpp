@@ -108,6 +108,22 @@ struct replica_options {
   std::size_t max_dead_letter_bytes = 16u << 20;
   // Tombstones are pruned once older than this and below the stream checkpoint.
   std::int64_t tombstone_retention_ms = 7LL * 24 * 3600 * 1000;
+  // A stream message (or heartbeat) whose last seq lies more than this beyond the highest seq the
+  // replica knows of the stream (head or checkpoint) is rejected as integer_out_of_range:
+  // dead-lettered, no stream state changed. A replica that really missed that many events gets
+  // back by request_resync() (re-sync answers are exempt). Seqs, re-sync upto_seqs and versions
+  // at or above 2^53 are always rejected (docs/replication.md §8). 0 is invalid (open() fails
+  // with invalid_argument).
+  std::uint64_t max_seq_jump = std::uint64_t{1} << 32;
+  // Tombstones kept per stream: beyond, the oldest are pruned (counted in
+  // replica_stats::tombstones_dropped) even before the retention time or the checkpoint passed
+  // them (docs/replication.md §2 says what that risks). 0 is invalid.
+  std::size_t max_tombstones = 100000;
+  // Bytes of a message kept in one dead letter: a longer message keeps this prefix, and
+  // dead_letter::original_size / truncated say so (a truncated letter cannot be retried).
+  // 0 is invalid. The default is the decoder's default message limit, so every message that could
+  // decode is kept whole.
+  std::size_t max_dead_letter_body = 256u << 10;
 };
 
 // Counters since the replica object was opened (not persisted).
@@ -130,6 +146,7 @@ struct replica_stats {
   std::uint64_t dead_letters_dropped = 0;  // oldest dropped to honour the bound
   std::uint64_t tombstones_pruned = 0;
   std::uint64_t commit_failures = 0;     // the message was not made durable (gap repair refetches)
+  std::uint64_t tombstones_dropped = 0;  // pruned early to honour max_tombstones
 };
 
 struct dead_letter {
@@ -142,6 +159,8 @@ struct dead_letter {
   std::string detail;           // readable reason
   std::uint32_t attempts = 0;
   std::string raw;              // the message bytes (one event for a failed event)
+  std::uint64_t original_size = 0;  // size of the message; raw keeps a prefix when larger
+  bool truncated = false;           // raw is a prefix (max_dead_letter_body)
 };
 
 struct stream_status {
