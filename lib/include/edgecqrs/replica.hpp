@@ -108,12 +108,23 @@ struct replica_options {
   std::size_t max_dead_letter_bytes = 16u << 20;
   // Tombstones are pruned once older than this and below the stream checkpoint.
   std::int64_t tombstone_retention_ms = 7LL * 24 * 3600 * 1000;
-  // A stream message whose seq (or a heartbeat whose head) lies more than this beyond the
-  // highest seq the replica knows of the stream is implausible: dead-lettered with
+  // A stream message (or heartbeat) whose seq lies more than this beyond the highest seq the
+  // replica knows of the stream (head or checkpoint) is implausible: dead-lettered with
   // errc::integer_out_of_range, changing no stream state. A re-sync session whose upto_seq lies
-  // that far beyond it fails (docs/replication.md §3, §4). Keep it above the number of events a
-  // master can produce while a replica is away.
+  // that far beyond it fails (docs/replication.md §3, §4). Seqs, re-sync upto_seqs and versions
+  // at or above 2^53 are always rejected (§8). Keep it above the number of events a master can
+  // produce while a replica is away; a replica that really missed more gets back by
+  // request_resync(). 0 is invalid (open() fails with invalid_argument).
   std::uint64_t max_seq_ahead = std::uint64_t{1} << 32;
+  // Tombstones kept per stream: beyond, the oldest are pruned (counted in
+  // replica_stats::tombstones_dropped) even before the retention time or the checkpoint passed
+  // them (docs/replication.md §2 says what that risks). 0 is invalid.
+  std::size_t max_tombstones = 100000;
+  // Bytes of a message kept in one dead letter: a longer message keeps this prefix, and
+  // dead_letter::original_size / truncated say so (a truncated letter cannot be retried).
+  // 0 is invalid. The default is the decoder's default message limit, so every message that could
+  // decode is kept whole.
+  std::size_t max_dead_letter_body = 256u << 10;
 };
 
 // Counters since the replica object was opened (not persisted).
@@ -138,6 +149,7 @@ struct replica_stats {
   std::uint64_t commit_failures = 0;     // the message was not made durable (gap repair refetches)
   std::uint64_t resync_parts_rejected = 0;  // re-sync parts of sessions this replica did not ask
                                             // for (or older than a completed one): not applied
+  std::uint64_t tombstones_dropped = 0;  // pruned early to honour max_tombstones
 };
 
 struct dead_letter {
@@ -150,6 +162,8 @@ struct dead_letter {
   std::string detail;           // readable reason
   std::uint32_t attempts = 0;
   std::string raw;              // the message bytes (one event for a failed event)
+  std::uint64_t original_size = 0;  // size of the message; raw keeps a prefix when larger
+  bool truncated = false;           // raw is a prefix (max_dead_letter_body)
 };
 
 struct stream_status {

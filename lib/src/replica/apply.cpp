@@ -1,5 +1,7 @@
 // Apply: one event in the message's transaction: version check, mapped upsert/delete or handlers,
 // row versions and tombstones. Fed by pipeline.cpp and retries.cpp; plans come from schemas.cpp.
+#include <cmath>
+
 #include "replica/engine.hpp"
 
 namespace edgecqrs {
@@ -11,7 +13,73 @@ std::error_code sql_error(sqlite3* db, std::string& detail) {
   return make_error_code(errc::sqlite_error);
 }
 
+bool has(std::string_view decl, const char* what) {
+  const std::size_t n = std::strlen(what);
+  for (std::size_t i = 0; i + n <= decl.size(); ++i) {
+    std::size_t k = 0;
+    while (k < n && (decl[i + k] | 0x20) == (what[k] | 0x20)) ++k;
+    if (k == n) return true;
+  }
+  return false;
+}
+
 }  // namespace
+
+namespace replica_detail {
+
+// SQLite's affinity rules (datatype3.html §3.1) decide what a column makes of a value; a key
+// value that the column would convert (5.0 or "6" into INTEGER, 6 into TEXT) or cannot hold
+// (NULL, NaN) would land on another row than its key says, past that row's version.
+std::uint8_t key_types_of(std::string_view decl, bool rowid_alias) {
+  if (has(decl, "INT")) return rowid_alias ? key_int : key_int | key_real_frac;
+  if (has(decl, "CHAR") || has(decl, "CLOB") || has(decl, "TEXT")) return key_text | key_blob;
+  if (decl.empty() || has(decl, "BLOB"))
+    return key_int | key_real_frac | key_real_integral | key_text | key_blob;
+  if (has(decl, "REAL") || has(decl, "FLOA") || has(decl, "DOUB"))
+    return key_real_frac | key_real_integral;
+  return key_int | key_real_frac;  // NUMERIC
+}
+
+std::string key_problem(const plan& pl, const event& ev) {
+  for (std::size_t j = 0; j < pl.sch.pk.size() && j < pl.key_types.size(); ++j) {
+    const std::uint32_t col = pl.sch.pk[j];
+    const value& v = ev.kind == event_kind::remove ? ev.values[j] : ev.values[col];
+    std::uint8_t t = 0;
+    const char* what = "NULL";
+    switch (v.type()) {
+      case value_type::null:
+        break;
+      case value_type::integer:
+        t = key_int;
+        what = "an integer";
+        break;
+      case value_type::real: {
+        const double d = v.as_real();
+        what = "NaN";
+        if (d == d) {
+          const bool integral = std::trunc(d) == d && std::fabs(d) < 9223372036854775808.0;
+          t = integral ? key_real_integral : key_real_frac;
+          what = integral ? "an integral real" : "a real";
+        }
+        break;
+      }
+      case value_type::text:
+        t = key_text;
+        what = "text";
+        break;
+      case value_type::blob:
+        t = key_blob;
+        what = "a blob";
+        break;
+    }
+    if (!(t & pl.key_types[j]))
+      return "key column '" + pl.sch.columns[col].name + "' (declared '" +
+             pl.sch.columns[col].decl_type + "') cannot be " + what;
+  }
+  return {};
+}
+
+}  // namespace replica_detail
 
 std::string_view replica::impl::make_key(const plan& pl, const event& ev) {
   keybuf.clear();
@@ -99,6 +167,7 @@ std::error_code replica::impl::apply_event(plan& pl, const event& ev, const appl
         detail = sqlite3_errmsg(db);
         return make_error_code(errc::apply_failed);
       }
+      if (is_delete) ++tombstones_added;
       out = outcome::applied;
       return {};
     }
@@ -184,6 +253,7 @@ std::error_code replica::impl::apply_event(plan& pl, const event& ev, const appl
     q_row_put.bind(7, msg_now);
     if (q_row_put.step() != SQLITE_DONE) return sql_error(db, detail);
   }
+  if (is_delete) ++tombstones_added;
   out = outcome::applied;
   return {};
 }
@@ -217,7 +287,29 @@ std::error_code replica::impl::prune_tombstones() {
     d.bind(3, static_cast<std::int64_t>(s->prog.checkpoint));
     if (d.step() != SQLITE_DONE) return make_error_code(errc::sqlite_error);
     st.tombstones_pruned += static_cast<std::uint64_t>(sqlite3_changes(db));
+    // Bounded (docs/replication.md §2): beyond max_tombstones the oldest go, even above the
+    // checkpoint and within the retention time.
+    statement n;
+    if (n.prepare(db, "SELECT count(*) FROM edgecqrs_r_rows WHERE sid=?1 AND deleted=1") !=
+        SQLITE_OK)
+      return make_error_code(errc::sqlite_error);
+    n.bind(1, s->sid);
+    if (n.step() != SQLITE_ROW) return make_error_code(errc::sqlite_error);
+    const auto count = static_cast<std::uint64_t>(n.col_int(0));
+    n.reset();
+    if (count <= opts.max_tombstones) continue;
+    statement cut;
+    if (cut.prepare(db,
+                    "DELETE FROM edgecqrs_r_rows WHERE sid=?1 AND key IN (SELECT key FROM"
+                    " edgecqrs_r_rows WHERE sid=?1 AND deleted=1 ORDER BY at_ms, seq LIMIT ?2)") !=
+        SQLITE_OK)
+      return make_error_code(errc::sqlite_error);
+    cut.bind(1, s->sid);
+    cut.bind(2, static_cast<std::int64_t>(count - opts.max_tombstones));
+    if (cut.step() != SQLITE_DONE) return make_error_code(errc::sqlite_error);
+    st.tombstones_dropped += static_cast<std::uint64_t>(sqlite3_changes(db));
   }
+  tombstones_added = 0;
   return {};
 }
 

@@ -35,7 +35,10 @@ std::error_code replica::impl::put_dead_letter(std::string_view cqrs_id, std::st
     q_dead_put.bind_text(6, reason.category().name());
     q_dead_put.bind_text(7, detail);
     q_dead_put.bind(8, attempts);
-    q_dead_put.bind_blob(9, body, size);
+    // Bounded per letter: a prefix and the original size, so one huge message cannot evict
+    // every other letter from the byte bound (max_dead_letter_bytes).
+    q_dead_put.bind_blob(9, body, std::min(size, opts.max_dead_letter_body));
+    q_dead_put.bind(10, static_cast<std::int64_t>(size));
     if (q_dead_put.step() != SQLITE_DONE) return make_error_code(errc::sqlite_error);
   }
   ++st.dead_letters;
@@ -111,12 +114,14 @@ std::error_code replica::impl::dead_letter_message(std::string_view cqrs_id, std
 
 std::error_code replica::impl::retry_dead(std::int64_t id, std::vector<std::int64_t>& more) {
   statement q;
-  if (q.prepare(db, "SELECT topic, body FROM edgecqrs_r_dead WHERE id=?1") != SQLITE_OK)
+  if (q.prepare(db, "SELECT topic, body, size > length(body) FROM edgecqrs_r_dead WHERE id=?1") !=
+      SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   q.bind(1, id);
   int rc = q.step();
   if (rc == SQLITE_DONE) return make_error_code(errc::invalid_argument);
   if (rc != SQLITE_ROW) return make_error_code(errc::sqlite_error);
+  if (q.col_int(2) != 0) return make_error_code(errc::too_large);  // only a prefix was kept
   std::string topic(q.col_text(0));
   std::string body(q.col_blob(1));
   q.reset();
@@ -152,7 +157,8 @@ std::error_code replica::list_dead_letters(std::vector<dead_letter>& out, std::s
   statement q;
   if (q.prepare(impl_->db,
                 "SELECT id, at_ms, cqrs_id, topic, key, reason, category, detail,"
-                " attempts, body FROM edgecqrs_r_dead ORDER BY id LIMIT ?1 OFFSET ?2") != SQLITE_OK)
+                " attempts, body, size FROM edgecqrs_r_dead ORDER BY id LIMIT ?1 OFFSET ?2") !=
+      SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   // On 32-bit targets size_t is narrower than int64: widen before clamping.
   const std::uint64_t lim = limit;
@@ -174,6 +180,9 @@ std::error_code replica::list_dead_letters(std::vector<dead_letter>& out, std::s
     d.detail = std::string(q.col_text(7));
     d.attempts = static_cast<std::uint32_t>(q.col_int(8));
     d.raw = std::string(q.col_blob(9));
+    d.original_size =
+        std::max<std::uint64_t>(static_cast<std::uint64_t>(q.col_int(10)), d.raw.size());
+    d.truncated = d.original_size > d.raw.size();
     out.push_back(std::move(d));
   }
   return rc == SQLITE_DONE ? std::error_code{} : make_error_code(errc::sqlite_error);

@@ -61,6 +61,10 @@ struct asked_session {
   bool done = false;        // answered by a completed session (this one or a newer one)
 };
 
+// Versions and seqs a master can produce (one per committed change / event): at or above 2^53
+// a message is hostile or corrupt (docs/replication.md §8).
+constexpr std::uint64_t max_wire_counter = (std::uint64_t{1} << 53) - 1;
+
 struct local_column {
   std::string name;
   std::string type;
@@ -129,7 +133,21 @@ struct plan {
   statement upsert;                        // DB mode
   statement remove;                        // DB mode
   std::vector<std::uint32_t> upsert_cols;  // remote indices bound by `upsert`, in order
+  std::vector<std::uint8_t> key_types;     // per key column: key_type bits it accepts
 };
+
+// apply.cpp: key values checked against the declared types (docs/replication.md §8). A key
+// value's class, as bits: the declared affinity of a key column accepts a set of them.
+enum key_type : std::uint8_t {
+  key_int = 1,
+  key_real_frac = 2,      // a real SQLite keeps as real in any column (not integral, or inf)
+  key_real_integral = 4,  // 5.0: INTEGER/NUMERIC affinity would make it the integer 5
+  key_text = 8,
+  key_blob = 16,
+};
+std::uint8_t key_types_of(std::string_view decl_type, bool rowid_alias);
+// Empty when every key value of `ev` fits; otherwise what is wrong, for the dead letter.
+std::string key_problem(const plan& pl, const event& ev);
 
 // A storage fault (disk full, I/O error, lock not obtained within the busy timeout, out of
 // memory, read-only file) is no fault of the event being applied: the whole message is left
@@ -188,6 +206,7 @@ struct replica::impl {
   std::string last_error;
   std::vector<std::pair<std::string, std::vector<std::uint8_t>>> controls;  // to publish
   std::int64_t next_prune_ms = 0;
+  std::size_t tombstones_added = 0;  // since the last prune (a burst prunes early)
 
   statement q_row_get, q_row_put, q_row_cas, q_row_session, q_stream_put, q_stream_get,
       q_schema_get, q_schema_put, q_retry_put, q_dead_put, q_dead_trim;

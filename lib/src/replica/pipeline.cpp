@@ -78,9 +78,33 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
     ++st.ignored;
     return make_error_code(errc::not_for_this_replica);
   }
+  // Counters beyond what the master could have produced (docs/replication.md §8), before any
+  // state is touched: such a message changes no stream state (head, seen ranges, wants).
+  {
+    const std::size_t n = m.events.size();
+    const char* bad = nullptr;
+    for (const auto& e : m.events)
+      if (e.row_version > max_wire_counter) bad = "row version at or above 2^53";
+    const std::uint64_t last = n > 0 ? m.first_seq + (n - 1) : m.first_seq;
+    // A re-sync answer's upto_seq is how a replica far behind catches up: only the 2^53 bound.
+    const std::uint64_t known = std::max(s.prog.head, s.prog.checkpoint);
+    if (m.first_seq > max_wire_counter || last < m.first_seq || last > max_wire_counter ||
+        (m.has_resync &&
+         (m.resync.upto_seq > max_wire_counter || m.resync.part > max_wire_counter)))
+      bad = "stream seq at or above 2^53";
+    else if (last > known && last - known > opts.max_seq_ahead)
+      bad = "stream seq more than max_seq_ahead beyond the known head";
+    if (bad) {
+      return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::integer_out_of_range),
+                                 std::string(bad) + " (known head " + std::to_string(known) + ")",
+                                 data, size, mo.dead_letter_id, nullptr, nullptr);
+    }
+  }
   plan* pl = find_plan(s, m.schema_tag);
   if (!pl) {
-    want_schema(s);
+    // A retry of a parked message that still finds no schema asks nothing: the schema that
+    // arrived was the master's current one, and asking again would loop (issue 17.5).
+    if (mo.dead_letter_id == 0) want_schema(s);
     if (m.events.empty()) return make_error_code(errc::unknown_schema);  // a heartbeat
     // Parked as a dead letter; applied automatically when the schema arrives.
     return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::unknown_schema),
@@ -146,6 +170,11 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
                                      std::to_string(m.schema_tag) +
                                      " (value count, version or kind vs seq)",
                                  data, size, mo.dead_letter_id, &s, &m);
+    std::string bad_key = key_problem(*pl, ev);
+    if (!bad_key.empty())
+      return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::bad_value),
+                                 "event " + std::to_string(i) + ": " + bad_key, data, size,
+                                 mo.dead_letter_id, &s, &m);
   }
   // The stream state and the re-sync session bookkeeping are computed inside the write
   // transaction from the persisted state (prepare(), after each BEGIN): several replica
@@ -333,6 +362,8 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
   if (session_broken && s.resync_backoff_ms <= 2 * resync_initial_backoff()) s.next_resync_ms = 0;
   settle_resync(s);
   update_gap_state(s);
+  // A burst of deletes prunes tombstones before poll()'s next round (max_tombstones).
+  if (tombstones_added > opts.max_tombstones / 4) prune_tombstones();
   return {};
 }
 

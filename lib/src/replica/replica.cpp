@@ -30,7 +30,7 @@ const char* const schema_sql =
     "CREATE TABLE IF NOT EXISTS edgecqrs_r_dead("
     " id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, cqrs_id TEXT NOT NULL, topic TEXT NOT NULL,"
     " key BLOB NOT NULL, reason INTEGER NOT NULL, category TEXT NOT NULL, detail TEXT NOT NULL,"
-    " attempts INTEGER NOT NULL, body BLOB NOT NULL);";
+    " attempts INTEGER NOT NULL, body BLOB NOT NULL, size INTEGER NOT NULL DEFAULT 0);";
 
 }  // namespace
 
@@ -88,6 +88,28 @@ std::error_code replica::impl::init() {
       if (!has_column()) return make_error_code(errc::sqlite_error);
     }
   }
+  // Dead letters from before per-letter truncation lack the original size (0: body is whole).
+  {
+    statement has;
+    if (has.prepare(
+            db, "SELECT count(*) FROM pragma_table_info('edgecqrs_r_dead') WHERE name='size'") !=
+            SQLITE_OK ||
+        has.step() != SQLITE_ROW)
+      return make_error_code(errc::sqlite_error);
+    const bool missing = has.col_int(0) == 0;
+    has.reset();
+    if (missing &&
+        exec(db, "ALTER TABLE edgecqrs_r_dead ADD COLUMN size INTEGER NOT NULL DEFAULT 0") !=
+            SQLITE_OK) {
+      // Another replica object may have migrated it meanwhile.
+      statement again;
+      if (again.prepare(db,
+                        "SELECT count(*) FROM pragma_table_info('edgecqrs_r_dead')"
+                        " WHERE name='size'") != SQLITE_OK ||
+          again.step() != SQLITE_ROW || again.col_int(0) == 0)
+        return make_error_code(errc::sqlite_error);
+    }
+  }
   struct {
     statement* s;
     const char* sql;
@@ -127,8 +149,9 @@ std::error_code replica::impl::init() {
        "INSERT INTO edgecqrs_r_retries(sid,topic,key,body,attempts,next_ms,reason,detail,"
        "first_ms) VALUES(?1,?2,?3,?4,0,?5,?6,?7,?8)"},
       {&q_dead_put,
-       "INSERT INTO edgecqrs_r_dead(at_ms,cqrs_id,topic,key,reason,category,detail,attempts,body)"
-       " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)"},
+       "INSERT INTO edgecqrs_r_dead(at_ms,cqrs_id,topic,key,reason,category,detail,attempts,body,"
+       "size)"
+       " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"},
       {&q_dead_trim,
        "DELETE FROM edgecqrs_r_dead WHERE id IN (SELECT id FROM edgecqrs_r_dead ORDER BY id"
        " LIMIT max(0, (SELECT count(*) FROM edgecqrs_r_dead) - ?1))"},
@@ -158,7 +181,8 @@ std::error_code replica::open(sqlite3* db, replica_options opts, std::unique_ptr
       return make_error_code(errc::invalid_argument);
   if (opts.max_seen_ranges == 0 || opts.max_dead_letters == 0 || opts.reorder_window_ms < 0 ||
       opts.request_backoff_initial_ms <= 0 || opts.retry_initial_ms <= 0 ||
-      opts.retry_max_ms < opts.retry_initial_ms)
+      opts.retry_max_ms < opts.retry_initial_ms || opts.max_seq_ahead == 0 ||
+      opts.max_tombstones == 0 || opts.max_dead_letter_body == 0)
     return make_error_code(errc::invalid_argument);
   auto p = std::make_unique<impl>();
   p->db = db;

@@ -24,11 +24,19 @@ void replica::impl::queue_control(const stream& s, control_op op, std::uint64_t 
   if (op == control_op::schema) ++st.schema_requests;
 }
 
+// At most one schema request outstanding per stream, and a schema arriving does not reset the
+// backoff: unknown tags arriving meanwhile wait for poll() (docs/replication.md §5). The backoff
+// starts over once the stream asked nothing for request_backoff_max_ms.
 void replica::impl::want_schema(stream& s) {
   if (s.schema_wanted) return;
   s.schema_wanted = true;
-  s.schema_backoff_ms = opts.request_backoff_initial_ms;
-  s.next_schema_ms = steady() + s.schema_backoff_ms;
+  const std::int64_t t = steady();
+  if (s.schema_backoff_ms > 0 && t < s.next_schema_ms) return;
+  if (s.schema_backoff_ms == 0 || t - s.next_schema_ms >= opts.request_backoff_max_ms)
+    s.schema_backoff_ms = opts.request_backoff_initial_ms;
+  else
+    s.schema_backoff_ms = std::min(s.schema_backoff_ms * 2, opts.request_backoff_max_ms);
+  s.next_schema_ms = t + s.schema_backoff_ms;
   queue_control(s, control_op::schema, 0, 0);
 }
 

@@ -78,6 +78,25 @@ void replica::impl::build_plan(plan& pl) {
       return;
     }
   }
+  // What each key column accepts: its declared type at the master and, in DB mode, locally.
+  // A single INTEGER key is a rowid alias: SQLite takes integers only (NULL picks a new id).
+  auto is_integer = [](std::string_view d) {
+    return d.size() == 7 && key_types_of(d, true) == key_int && (d[0] | 0x20) == 'i' &&
+           (d[6] | 0x20) == 'r';
+  };
+  std::size_t local_keys = 0;
+  for (const auto& c : s.local) local_keys += c.pk > 0;
+  for (std::uint32_t k : sch.pk) {
+    const std::string_view decl = sch.columns[k].decl_type;
+    std::uint8_t t = key_types_of(decl, sch.pk.size() == 1 && is_integer(decl));
+    // A local type that keeps none of them maps across types (the application's choice): the
+    // master's type decides then.
+    if (const local_column* lc = db_mode ? find_local(pl.local_name[k]) : nullptr)
+      if (const std::uint8_t both =
+              t & key_types_of(lc->type, local_keys == 1 && lc->pk == 1 && is_integer(lc->type)))
+        t = both;
+    pl.key_types.push_back(t);
+  }
   if (!db_mode) return;
   // The mapped remote key must be the local primary key (the upsert's conflict target).
   std::vector<std::string> local_pk, mapped_pk;
@@ -183,7 +202,36 @@ std::error_code replica::impl::handle_schema(stream& s, std::string_view topic,
     return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::schema_mismatch),
                                "schema message names another CQRS_ID or has no key", data, size,
                                mo.dead_letter_id, nullptr, nullptr);
+  // The tag names the content (docs/wire-format.md §4): a schema whose tag is not its hash, or
+  // whose tag already names other content here (FNV-1a is no MAC: collisions can be made), would
+  // make events of that tag land in the wrong columns.
+  const char* forged = nullptr;
+  if (compute_schema_tag(sch) != sch.schema_tag) forged = "is not the hash of its content";
   if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(topic);
+  if (!forged) {
+    reset_guard g(q_schema_get);
+    q_schema_get.bind(1, s.sid);
+    q_schema_get.bind(2, sch.schema_tag);
+    schema old;
+    if (q_schema_get.step() == SQLITE_ROW) {
+      auto body = q_schema_get.col_blob(0);
+      const bool same = !decode_schema(reinterpret_cast<const std::uint8_t*>(body.data()),
+                                       body.size(), old, opts.limits) &&
+                        old.cqrs_id == sch.cqrs_id && old.incarnation == sch.incarnation &&
+                        old.pk == sch.pk && old.columns.size() == sch.columns.size() &&
+                        std::equal(old.columns.begin(), old.columns.end(), sch.columns.begin(),
+                                   [](const column_def& x, const column_def& y) {
+                                     return x.name == y.name && x.decl_type == y.decl_type;
+                                   });
+      if (!same) forged = "already names a schema with other content";
+    }
+  }
+  if (forged) {
+    exec(db, "ROLLBACK");
+    return dead_letter_message(s.cqrs_id, topic, make_error_code(errc::bad_schema),
+                               "schema tag " + std::to_string(sch.schema_tag) + " " + forged, data,
+                               size, mo.dead_letter_id, nullptr, nullptr);
+  }
   // Decide from the persisted state: another replica object on this database may have seen
   // this schema (or a new incarnation) already.
   std::error_code ec = reload_stream(s);
