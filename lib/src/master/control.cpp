@@ -1,76 +1,225 @@
 // Control: answers replicas' replay and re-sync requests with direct outbox records. Fed by
 // registration.cpp's subscription through publisher.cpp's poll; re-sync reads rows via sync.cpp.
+// Whoever may write the control topics may ask, so answers are bounded (docs/replication.md §4):
+// a token bucket per requester, one answer of each kind in flight per requester and stream
+// (later requests it covers are coalesced), and their own share of the outbox (kind_control).
 #include "master/engine.hpp"
 
 namespace edgecqrs::master_detail {
+
+namespace {
+constexpr std::size_t max_ctl_buckets = 64;
+constexpr std::size_t max_ctl_answers = 64;
+}  // namespace
+
+std::int64_t engine::outbox_top() {
+  sqlite3_stmt* s = st_outbox_top.get();
+  reset_guard g{s};
+  return sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+}
+
+bool engine::control_rate_ok(const std::string& replica) {
+  if (cfg.control_interval_ms <= 0) return true;
+  const std::int64_t now = clk->steady_ms();
+  const std::int64_t cap = cfg.control_interval_ms *
+                           static_cast<std::int64_t>(std::max<std::size_t>(cfg.control_burst, 1));
+  ctl_bucket* b = nullptr;
+  ctl_bucket* idle = nullptr;  // a requester whose bucket is full again: forgetting it is free
+  for (auto& e : ctl_buckets) {
+    if (e.replica == replica) b = &e;
+    if (!idle && e.credit_ms + (now - e.last_ms) >= cap) idle = &e;
+  }
+  if (!b) {
+    if (ctl_buckets.size() < max_ctl_buckets) {
+      ctl_buckets.emplace_back();
+      b = &ctl_buckets.back();
+    } else if (idle) {
+      b = idle;
+    } else {
+      return false;  // every tracked requester is busy: a newcomer waits (it asks again)
+    }
+    b->replica = replica;
+    b->credit_ms = cap;
+    b->last_ms = now;
+  }
+  b->credit_ms = std::min(cap, b->credit_ms + std::max<std::int64_t>(now - b->last_ms, 0));
+  b->last_ms = now;
+  if (b->credit_ms < cfg.control_interval_ms) return false;
+  b->credit_ms -= cfg.control_interval_ms;
+  return true;
+}
+
+// Whether an answer of this kind is in flight for (stream, requester) (one of its records is
+// not acknowledged yet; `out` receives it). Answers found complete are forgotten.
+bool engine::control_in_flight(const table_state& t, const std::string& replica, control_op op,
+                               ctl_answer& out) {
+  for (std::size_t i = 0; i < ctl_answers.size(); ++i) {
+    ctl_answer& a = ctl_answers[i];
+    if (a.stream != t.stream_id || a.op != op || a.replica != replica) continue;
+    stmt q;
+    if (prepare(q, "SELECT 1 FROM edgecqrs_outbox WHERE id BETWEEN ?1 AND ?2 AND acked=0"))
+      return false;
+    sqlite3_bind_int64(q.get(), 1, a.first_id);
+    sqlite3_bind_int64(q.get(), 2, a.last_id);
+    if (sqlite3_step(q.get()) == SQLITE_ROW) {
+      out = a;
+      return true;
+    }
+    ctl_answers.erase(ctl_answers.begin() + static_cast<std::ptrdiff_t>(i));
+    return false;
+  }
+  return false;
+}
+
+void engine::note_answer(const table_state& t, const std::string& replica, control_op op,
+                         std::uint64_t from, std::uint64_t to, std::int64_t first_id) {
+  std::int64_t last_id = outbox_top();
+  if (last_id < first_id) return;  // nothing written
+  ctl_answer* a = nullptr;
+  for (auto& e : ctl_answers)
+    if (e.stream == t.stream_id && e.op == op && e.replica == replica) a = &e;
+  if (!a) {
+    // Bounded: the oldest answer is forgotten (its requester may then be answered again).
+    if (ctl_answers.size() >= max_ctl_answers) ctl_answers.erase(ctl_answers.begin());
+    ctl_answers.emplace_back();
+    a = &ctl_answers.back();
+  }
+  *a = ctl_answer{t.stream_id, replica, op, from, to, first_id, last_id};
+}
+
+// Re-publishes the kept stream records of [from, to] (bounded: the replica asks again for the
+// rest); nothing but `need_resync` when some of the range is no longer kept.
+std::error_code engine::answer_replay(table_state& t, const control_request& c, std::uint64_t from,
+                                      std::uint64_t to, bool& need_resync) {
+  stmt q;
+  if (prepare(q,
+              "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
+              "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
+    return sql_fail("replay");
+  sqlite3_bind_int64(q.get(), 1, t.stream_id);
+  sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(from));
+  sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(to));
+  struct rec {
+    std::uint64_t first, n;
+    std::vector<std::uint8_t> body;
+  };
+  std::vector<rec> recs;
+  std::uint64_t next = from;
+  std::size_t bytes = 0;
+  bool bounded = false;
+  while (sqlite3_step(q.get()) == SQLITE_ROW) {
+    rec r;
+    r.first = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+    r.n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 2));
+    if (r.first > next) break;  // a hole: pruned
+    auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(q.get(), 3));
+    r.body.assign(p, p + sqlite3_column_bytes(q.get(), 3));
+    bytes += r.body.size();
+    next = r.first + r.n;
+    recs.push_back(std::move(r));
+    if (bytes > cfg.max_message_bytes * 16) {  // bounded: the replica asks again for the rest
+      bounded = true;
+      break;
+    }
+  }
+  // Some of the range is gone: one re-sync answers it all (the kept part too).
+  need_resync = !bounded && next <= to;
+  if (need_resync) return {};
+  message ext_msg;
+  ext_msg.target = c.replica;
+  ext_msg.reply_to = c.replica;
+  std::vector<std::uint8_t> ext;
+  if (auto ec = append_encoded(ext, [&](std::uint8_t* b, std::size_t cap, std::size_t& w) {
+        return encode_message_ext(ext_msg, b, cap, w);
+      }))
+    return ec;
+  std::int64_t first_id = outbox_top() + 1;
+  std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
+    for (auto& r : recs)
+      if (auto e = write_record(t, kind_control, r.first, r.n, c.replica, &ext, r.body.data(),
+                                r.body.size(), nr, nb))
+        return e;
+    return std::error_code{};
+  });
+  if (!ec) note_answer(t, c.replica, control_op::replay, from, bounded ? next - 1 : to, first_id);
+  return ec;
+}
 
 std::error_code engine::handle_control(std::size_t table, const control_request& c) {
   if (table >= tables.size()) return {};
   table_state& t = *tables[table];
   if (validate_replica_name(c.replica)) return {};
-  {
+  auto count = [&](std::uint64_t master_stats::*field) {
     std::lock_guard<std::mutex> lk(stats_mu);
-    ++st.control_handled;
+    ++(st.*field);
+  };
+  count(&master_stats::control_handled);
+  if (!control_rate_ok(c.replica)) {
+    count(&master_stats::control_rate_limited);
+    return {};
   }
-  if (c.op == control_op::schema)
-    return internal_txn(
+  ctl_answer rs, rp;
+  if (c.op == control_op::schema) {
+    // One schema message pending per stream (it is broadcast, retained): whoever asks.
+    if (control_in_flight(t, std::string(), control_op::schema, rs)) {
+      count(&master_stats::control_coalesced);
+      return {};
+    }
+    std::int64_t first_id = outbox_top() + 1;
+    std::error_code ec = internal_txn(
         [&](std::uint64_t& nr, std::uint64_t& nb) { return enqueue_schema(t, nr, nb); });
-  if (c.op == control_op::replay) {
-    std::uint64_t head = t.next_seq - 1;
-    std::uint64_t from = c.from_seq, to = std::min(c.to_seq, head);
-    if (from == 0 || from > to) return {};
-    // Every seq of [from, to] must be in a kept (or still pending) stream record.
-    stmt q;
-    if (prepare(q,
-                "SELECT id, first_seq, n_events, body FROM edgecqrs_outbox WHERE kind=0 AND "
-                "stream=?1 AND first_seq<=?3 AND first_seq+n_events-1>=?2 ORDER BY first_seq"))
-      return sql_fail("replay");
-    sqlite3_bind_int64(q.get(), 1, t.stream_id);
-    sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(from));
-    sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(to));
-    struct rec {
-      std::uint64_t first, n;
-      std::vector<std::uint8_t> body;
-    };
-    std::vector<rec> recs;
-    std::uint64_t next = from;
-    bool covered = true;
-    std::size_t bytes = 0;
-    while (sqlite3_step(q.get()) == SQLITE_ROW) {
-      rec r;
-      r.first = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
-      r.n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 2));
-      if (r.first > next) {
-        covered = false;
-        break;
-      }
-      auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(q.get(), 3));
-      r.body.assign(p, p + sqlite3_column_bytes(q.get(), 3));
-      bytes += r.body.size();
-      next = r.first + r.n;
-      recs.push_back(std::move(r));
-      if (bytes > cfg.max_message_bytes * 16) break;  // bounded: the replica asks again
+    if (!ec) {
+      note_answer(t, std::string(), control_op::schema, 0, 0, first_id);
+      count(&master_stats::control_answered);
     }
-    if (recs.empty() || recs.front().first > from) covered = false;
-    if (covered) {
-      message ext_msg;
-      ext_msg.target = c.replica;
-      ext_msg.reply_to = c.replica;
-      std::vector<std::uint8_t> ext;
-      if (auto ec = append_encoded(ext, [&](std::uint8_t* b, std::size_t cap, std::size_t& w) {
-            return encode_message_ext(ext_msg, b, cap, w);
-          }))
-        return ec;
-      return internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
-        for (auto& r : recs)
-          if (auto ec = write_record(t, kind_direct, r.first, r.n, c.replica, &ext, r.body.data(),
-                                     r.body.size(), nr, nb))
-            return ec;
-        return std::error_code{};
-      });
-    }
-    // The range is gone: answer with a full re-sync.
+    return ec;
   }
-  return sync_locked(t, "", {}, c.replica, true, nullptr);
+  const bool rs_live = control_in_flight(t, c.replica, control_op::resync, rs);
+  std::uint64_t from = 0, to = 0;
+  if (c.op == control_op::replay) {
+    from = c.from_seq;
+    to = std::min(c.to_seq, t.next_seq - 1);  // only what exists
+    if (from == 0 || from > to) return {};
+    const bool rp_live = control_in_flight(t, c.replica, control_op::replay, rp);
+    // Covered by the re-sync or the replay being answered: merged into it.
+    if ((rs_live && to <= rs.to) || (rp_live && from >= rp.from && to <= rp.to)) {
+      count(&master_stats::control_coalesced);
+      return {};
+    }
+  } else if (rs_live) {
+    count(&master_stats::control_coalesced);
+    return {};
+  }
+  if (cfg.control_max_records == 0 || (ctl_records && (ctl_records >= cfg.control_max_records ||
+                                                       ctl_bytes >= cfg.control_max_bytes))) {
+    count(&master_stats::control_refused);
+    return {};
+  }
+  const std::uint64_t r0 = pending_records, b0 = pending_bytes;
+  bool resync = c.op != control_op::replay;
+  std::error_code ec;
+  if (!resync) {
+    ec = answer_replay(t, c, from, to, resync);
+    if (resync && rs_live) {
+      // Partly pruned: the re-sync in flight is the answer (later seqs come by the stream).
+      count(&master_stats::control_coalesced);
+      return ec;
+    }
+  }
+  if (!ec && resync) {
+    std::int64_t first_id = outbox_top() + 1;
+    std::uint64_t upto = t.next_seq - 1;
+    ec = sync_locked(t, "", {}, c.replica, true, nullptr);
+    if (!ec) note_answer(t, c.replica, control_op::resync, 0, upto, first_id);
+  }
+  // Whatever was written is a control answer (pending_* grew by exactly that).
+  ctl_records += pending_records - r0;
+  ctl_bytes += pending_bytes - b0;
+  if (ec == make_error_code(errc::outbox_full)) {
+    count(&master_stats::control_refused);
+    return {};  // not the application's error: the replica asks again
+  }
+  if (!ec) count(&master_stats::control_answered);
+  return ec;
 }
 }  // namespace edgecqrs::master_detail

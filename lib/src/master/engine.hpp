@@ -40,6 +40,8 @@ using stmt = detail::statement;
 constexpr int kind_stream = 0;  // stream events, joinable, kept for replay after the ack
 constexpr int kind_direct = 1;  // sync / replay / re-sync answers (own ext), deleted after ack
 constexpr int kind_schema = 2;  // whole schema message, retained
+constexpr int kind_control = 3;  // replay / re-sync answers to control requests (as kind_direct,
+                                 // within the control share of the outbox)
 
 // `v` in decimal, as std::to_string gives it (one small function instead of its instances).
 inline std::string decimal(std::size_t v) {
@@ -316,6 +318,32 @@ struct engine {
 
   // outbox accounting (changed only under txn_mu)
   std::uint64_t pending_records = 0, pending_bytes = 0, kept_records = 0, kept_bytes = 0;
+  // The part of pending_* that is control answers (kind_control), with its own limit.
+  std::uint64_t ctl_records = 0, ctl_bytes = 0;
+  // control.cpp: per-requester token buckets (credit in ms, at most burst * interval) and the
+  // answers in flight (outbox ids [first_id, last_id]; replay: seqs [from, to]; re-sync: to =
+  // upto_seq), one per op, requester and stream (schema: one per stream, replica "").
+  struct ctl_bucket {
+    std::string replica;
+    std::int64_t credit_ms = 0, last_ms = 0;
+  };
+  std::vector<ctl_bucket> ctl_buckets;
+  struct ctl_answer {
+    std::int64_t stream = 0;
+    std::string replica;
+    control_op op = control_op::replay;
+    std::uint64_t from = 0, to = 0;
+    std::int64_t first_id = 0, last_id = 0;
+  };
+  std::vector<ctl_answer> ctl_answers;
+  bool control_rate_ok(const std::string& replica);
+  bool control_in_flight(const table_state& t, const std::string& replica, control_op op,
+                         ctl_answer& out);
+  std::error_code answer_replay(table_state& t, const control_request& c, std::uint64_t from,
+                                std::uint64_t to, bool& need_resync);
+  void note_answer(const table_state& t, const std::string& replica, control_op op,
+                   std::uint64_t from, std::uint64_t to, std::int64_t first_id);
+  std::int64_t outbox_top();
   bool acked_other = true;  // acknowledged non-stream rows may await deletion
   // publisher
   std::int64_t cursor = 0;

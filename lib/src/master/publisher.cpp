@@ -53,7 +53,7 @@ std::error_code engine::handle_completions() {
     if (!m.ids.empty()) acked.push_back(std::move(m));
   }
   if (acked.empty()) return {};
-  std::uint64_t ar = 0, ab = 0, kr = 0, kb = 0;
+  std::uint64_t ar = 0, ab = 0, kr = 0, kb = 0, cr = 0, cb = 0;
   internal_write = true;
   std::error_code ec = exec("BEGIN IMMEDIATE");
   if (!ec) {
@@ -71,6 +71,10 @@ std::error_code engine::handle_completions() {
         if (sqlite3_changes(db) == 0) continue;  // acknowledged twice (duplicate send)
         ++ar;
         ab += m.bytes[i];
+        if (m.kinds[i] == kind_control) {
+          ++cr;
+          cb += m.bytes[i];
+        }
         if (m.kinds[i] == kind_stream) {
           ++kr;
           kb += m.bytes[i];
@@ -90,6 +94,8 @@ std::error_code engine::handle_completions() {
   }
   pending_records -= std::min(pending_records, ar);
   pending_bytes -= std::min(pending_bytes, ab);
+  ctl_records -= std::min(ctl_records, cr);
+  ctl_bytes -= std::min(ctl_bytes, cb);
   kept_records += kr;
   kept_bytes += kb;
   return {};
@@ -235,7 +241,7 @@ std::error_code engine::publish_pending() {
       msgbuf.assign(p, p + n);
       topic = t.schema_topic;
       opts.retain = true;
-    } else if (kind == kind_direct) {
+    } else if (kind == kind_direct || kind == kind_control) {
       m.ids.push_back(sqlite3_column_int64(s, 0));
       m.kinds.push_back(kind);
       auto first_seq = static_cast<std::uint64_t>(sqlite3_column_int64(s, 3));

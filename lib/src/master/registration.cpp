@@ -105,6 +105,16 @@ std::error_code engine::init() {
     }
   }
   {
+    stmt cq;  // the control answers among them (their own share of the outbox)
+    if (prepare(cq,
+                "SELECT count(*), total(length(body)) FROM edgecqrs_outbox WHERE acked=0 AND "
+                "kind=3") ||
+        sqlite3_step(cq.get()) != SQLITE_ROW)
+      return sql_fail("outbox count");
+    ctl_records = static_cast<std::uint64_t>(sqlite3_column_int64(cq.get(), 0));
+    ctl_bytes = static_cast<std::uint64_t>(sqlite3_column_double(cq.get(), 1));
+  }
+  {
     stmt vq;
     if (prepare(vq, "SELECT stream, key FROM edgecqrs_version")) return sql_fail("versions");
     while (sqlite3_step(vq.get()) == SQLITE_ROW) {
