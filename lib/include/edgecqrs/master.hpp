@@ -81,8 +81,9 @@ struct master_config {
   std::size_t control_max_bytes = 8 * 1024 * 1024;
   // Rate limit per requester (replica name; a token bucket): `control_burst` requests at once,
   // then one per `control_interval_ms`; more are dropped (stats().control_rate_limited; replicas
-  // repeat with backoff). control_interval_ms = 0 disables the limit. Up to 64 requesters are
-  // tracked; when all are busy a new one waits until one of them is idle.
+  // repeat with backoff). control_interval_ms = 0 disables the limit (at most a day and a
+  // burst of 10^6 are used). Up to 64 requesters are tracked; when all are busy a new one waits
+  // until one of them is idle.
   std::int64_t control_interval_ms = 500;
   std::size_t control_burst = 16;
 };

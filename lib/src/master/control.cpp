@@ -21,13 +21,15 @@ std::int64_t engine::outbox_top() {
 bool engine::control_rate_ok(const std::string& replica) {
   if (cfg.control_interval_ms <= 0) return true;
   const std::int64_t now = clk->steady_ms();
-  const std::int64_t cap = cfg.control_interval_ms *
-                           static_cast<std::int64_t>(std::max<std::size_t>(cfg.control_burst, 1));
+  // Clamped (a day, a million) so that no sum below overflows.
+  const std::int64_t interval = std::min<std::int64_t>(cfg.control_interval_ms, 86400000);
+  const std::int64_t cap = interval * static_cast<std::int64_t>(std::min<std::size_t>(
+                                          std::max<std::size_t>(cfg.control_burst, 1), 1000000));
   ctl_bucket* b = nullptr;
   ctl_bucket* idle = nullptr;  // a requester whose bucket is full again: forgetting it is free
   for (auto& e : ctl_buckets) {
     if (e.replica == replica) b = &e;
-    if (!idle && e.credit_ms + (now - e.last_ms) >= cap) idle = &e;
+    if (!idle && now - e.last_ms >= cap - e.credit_ms) idle = &e;
   }
   if (!b) {
     if (ctl_buckets.size() < max_ctl_buckets) {
@@ -44,8 +46,8 @@ bool engine::control_rate_ok(const std::string& replica) {
   }
   b->credit_ms = std::min(cap, b->credit_ms + std::max<std::int64_t>(now - b->last_ms, 0));
   b->last_ms = now;
-  if (b->credit_ms < cfg.control_interval_ms) return false;
-  b->credit_ms -= cfg.control_interval_ms;
+  if (b->credit_ms < interval) return false;
+  b->credit_ms -= interval;
   return true;
 }
 
