@@ -7,11 +7,6 @@
 
 namespace edgecqrs::master_detail {
 
-namespace {
-constexpr std::size_t max_ctl_buckets = 64;
-constexpr std::size_t max_ctl_answers = 64;
-}  // namespace
-
 std::int64_t engine::outbox_top() {
   sqlite3_stmt* s = st_outbox_top.get();
   reset_guard g{s};
@@ -26,20 +21,14 @@ bool engine::control_rate_ok(const std::string& replica) {
   const std::int64_t cap = interval * static_cast<std::int64_t>(std::min<std::size_t>(
                                           std::max<std::size_t>(cfg.control_burst, 1), 1000000));
   ctl_bucket* b = nullptr;
-  ctl_bucket* idle = nullptr;  // a requester whose bucket is full again: forgetting it is free
+  ctl_bucket* spare = nullptr;  // a free slot, or a requester whose bucket is full again
   for (auto& e : ctl_buckets) {
     if (e.replica == replica) b = &e;
-    if (!idle && now - e.last_ms >= cap - e.credit_ms) idle = &e;
+    if (!spare && (e.replica.empty() || now - e.last_ms >= cap - e.credit_ms)) spare = &e;
   }
   if (!b) {
-    if (ctl_buckets.size() < max_ctl_buckets) {
-      ctl_buckets.emplace_back();
-      b = &ctl_buckets.back();
-    } else if (idle) {
-      b = idle;
-    } else {
-      return false;  // every tracked requester is busy: a newcomer waits (it asks again)
-    }
+    if (!spare) return false;  // every tracked requester is busy: a newcomer waits (asks again)
+    b = spare;
     b->replica = replica;
     b->credit_ms = cap;
     b->last_ms = now;
@@ -51,42 +40,44 @@ bool engine::control_rate_ok(const std::string& replica) {
   return true;
 }
 
-// Whether an answer of this kind is in flight for (stream, requester) (one of its records is
-// not acknowledged yet; `out` receives it). Answers found complete are forgotten.
-bool engine::control_in_flight(const table_state& t, const std::string& replica, control_op op,
-                               ctl_answer& out) {
-  for (std::size_t i = 0; i < ctl_answers.size(); ++i) {
-    ctl_answer& a = ctl_answers[i];
+// The answer of this kind in flight for (stream, requester): one of its records is not
+// acknowledged yet. An answer found complete is forgotten.
+engine::ctl_answer* engine::control_in_flight(const table_state& t, const std::string& replica,
+                                              control_op op) {
+  for (auto& a : ctl_answers) {
     if (a.stream != t.stream_id || a.op != op || a.replica != replica) continue;
     stmt q;
     if (prepare(q, "SELECT 1 FROM edgecqrs_outbox WHERE id BETWEEN ?1 AND ?2 AND acked=0"))
-      return false;
+      return nullptr;
     sqlite3_bind_int64(q.get(), 1, a.first_id);
     sqlite3_bind_int64(q.get(), 2, a.last_id);
-    if (sqlite3_step(q.get()) == SQLITE_ROW) {
-      out = a;
-      return true;
-    }
-    ctl_answers.erase(ctl_answers.begin() + static_cast<std::ptrdiff_t>(i));
-    return false;
+    if (sqlite3_step(q.get()) == SQLITE_ROW) return &a;
+    a.stream = 0;
+    return nullptr;
   }
-  return false;
+  return nullptr;
 }
 
 void engine::note_answer(const table_state& t, const std::string& replica, control_op op,
                          std::uint64_t from, std::uint64_t to, std::int64_t first_id) {
   std::int64_t last_id = outbox_top();
   if (last_id < first_id) return;  // nothing written
-  ctl_answer* a = nullptr;
-  for (auto& e : ctl_answers)
-    if (e.stream == t.stream_id && e.op == op && e.replica == replica) a = &e;
-  if (!a) {
-    // Bounded: the oldest answer is forgotten (its requester may then be answered again).
-    if (ctl_answers.size() >= max_ctl_answers) ctl_answers.erase(ctl_answers.begin());
-    ctl_answers.emplace_back();
-    a = &ctl_answers.back();
+  // Its slot, else a free one, else the oldest answer's (that requester may be answered again).
+  ctl_answer* a = &ctl_answers[0];
+  for (auto& e : ctl_answers) {
+    if (e.stream == t.stream_id && e.op == op && e.replica == replica) {
+      a = &e;
+      break;
+    }
+    if (a->stream && (!e.stream || e.last_id < a->last_id)) a = &e;
   }
-  *a = ctl_answer{t.stream_id, replica, op, from, to, first_id, last_id};
+  a->stream = t.stream_id;
+  a->replica = replica;
+  a->op = op;
+  a->from = from;
+  a->to = to;
+  a->first_id = first_id;
+  a->last_id = last_id;
 }
 
 // Re-publishes the kept stream records of [from, to] (bounded: the replica asks again for the
@@ -151,50 +142,44 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
   if (table >= tables.size()) return {};
   table_state& t = *tables[table];
   if (validate_replica_name(c.replica)) return {};
-  auto count = [&](std::uint64_t master_stats::*field) {
-    std::lock_guard<std::mutex> lk(stats_mu);
-    ++(st.*field);
-  };
-  count(&master_stats::control_handled);
+  ctl_count(&master_stats::control_handled);
   if (!control_rate_ok(c.replica)) {
-    count(&master_stats::control_rate_limited);
+    ctl_count(&master_stats::control_rate_limited);
     return {};
   }
-  ctl_answer rs, rp;
+  std::int64_t first_id = outbox_top() + 1;
   if (c.op == control_op::schema) {
     // One schema message pending per stream (it is broadcast, retained): whoever asks.
-    if (control_in_flight(t, std::string(), control_op::schema, rs)) {
-      count(&master_stats::control_coalesced);
+    const std::string none;
+    if (control_in_flight(t, none, control_op::schema)) {
+      ctl_count(&master_stats::control_coalesced);
       return {};
     }
-    std::int64_t first_id = outbox_top() + 1;
     std::error_code ec = internal_txn(
         [&](std::uint64_t& nr, std::uint64_t& nb) { return enqueue_schema(t, nr, nb); });
-    if (!ec) {
-      note_answer(t, std::string(), control_op::schema, 0, 0, first_id);
-      count(&master_stats::control_answered);
-    }
-    return ec;
+    if (ec) return ec;
+    note_answer(t, none, control_op::schema, 0, 0, first_id);
+    ctl_count(&master_stats::control_answered);
+    return {};
   }
-  const bool rs_live = control_in_flight(t, c.replica, control_op::resync, rs);
+  const ctl_answer* rs = control_in_flight(t, c.replica, control_op::resync);
   std::uint64_t from = 0, to = 0;
+  bool coalesce = rs != nullptr;
   if (c.op == control_op::replay) {
     from = c.from_seq;
     to = std::min(c.to_seq, t.next_seq - 1);  // only what exists
     if (from == 0 || from > to) return {};
-    const bool rp_live = control_in_flight(t, c.replica, control_op::replay, rp);
+    const ctl_answer* rp = control_in_flight(t, c.replica, control_op::replay);
     // Covered by the re-sync or the replay being answered: merged into it.
-    if ((rs_live && to <= rs.to) || (rp_live && from >= rp.from && to <= rp.to)) {
-      count(&master_stats::control_coalesced);
-      return {};
-    }
-  } else if (rs_live) {
-    count(&master_stats::control_coalesced);
+    coalesce = (rs && to <= rs->to) || (rp && from >= rp->from && to <= rp->to);
+  }
+  if (coalesce) {
+    ctl_count(&master_stats::control_coalesced);
     return {};
   }
   if (cfg.control_max_records == 0 || (ctl_records && (ctl_records >= cfg.control_max_records ||
                                                        ctl_bytes >= cfg.control_max_bytes))) {
-    count(&master_stats::control_refused);
+    ctl_count(&master_stats::control_refused);
     return {};
   }
   const std::uint64_t r0 = pending_records, b0 = pending_bytes;
@@ -202,14 +187,14 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
   std::error_code ec;
   if (!resync) {
     ec = answer_replay(t, c, from, to, resync);
-    if (resync && rs_live) {
+    if (resync && rs) {
       // Partly pruned: the re-sync in flight is the answer (later seqs come by the stream).
-      count(&master_stats::control_coalesced);
+      ctl_count(&master_stats::control_coalesced);
       return ec;
     }
   }
   if (!ec && resync) {
-    std::int64_t first_id = outbox_top() + 1;
+    first_id = outbox_top() + 1;
     std::uint64_t upto = t.next_seq - 1;
     ec = sync_locked(t, "", {}, c.replica, true, nullptr);
     if (!ec) note_answer(t, c.replica, control_op::resync, 0, upto, first_id);
@@ -218,10 +203,10 @@ std::error_code engine::handle_control(std::size_t table, const control_request&
   ctl_records += pending_records - r0;
   ctl_bytes += pending_bytes - b0;
   if (ec == make_error_code(errc::outbox_full)) {
-    count(&master_stats::control_refused);
+    ctl_count(&master_stats::control_refused);
     return {};  // not the application's error: the replica asks again
   }
-  if (!ec) count(&master_stats::control_answered);
+  if (!ec) ctl_count(&master_stats::control_answered);
   return ec;
 }
 }  // namespace edgecqrs::master_detail

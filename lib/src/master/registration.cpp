@@ -89,9 +89,10 @@ std::error_code engine::init() {
   for (const auto& k : kStatements)
     if ((this->*k.st).prepare(db, k.sql)) return sql_fail("prepare");
   stmt q;
+  // Pending records (control answers, kind 3, also on their own) and kept stream records.
   if (prepare(q,
-              "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
-              "WHERE acked=0 OR kind=0 GROUP BY acked"))
+              "SELECT acked, count(*), total(length(body)), kind=3 FROM edgecqrs_outbox "
+              "WHERE acked=0 OR kind=0 GROUP BY acked, kind=3"))
     return sql_fail("outbox count");
   while (sqlite3_step(q.get()) == SQLITE_ROW) {
     auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
@@ -100,19 +101,13 @@ std::error_code engine::init() {
       kept_records = n;
       kept_bytes = b;
     } else {
-      pending_records = n;
-      pending_bytes = b;
+      pending_records += n;
+      pending_bytes += b;
+      if (sqlite3_column_int(q.get(), 3)) {
+        ctl_records = n;
+        ctl_bytes = b;
+      }
     }
-  }
-  {
-    stmt cq;  // the control answers among them (their own share of the outbox)
-    if (prepare(cq,
-                "SELECT count(*), total(length(body)) FROM edgecqrs_outbox WHERE acked=0 AND "
-                "kind=3") ||
-        sqlite3_step(cq.get()) != SQLITE_ROW)
-      return sql_fail("outbox count");
-    ctl_records = static_cast<std::uint64_t>(sqlite3_column_int64(cq.get(), 0));
-    ctl_bytes = static_cast<std::uint64_t>(sqlite3_column_double(cq.get(), 1));
   }
   {
     stmt vq;
