@@ -77,6 +77,20 @@ struct master_config {
   // expired (reason "expired"). Heartbeats, schema messages and direct messages (manual sync,
   // replay and re-sync answers: what repairs a replica after an expiry) never expire.
   std::int64_t message_ttl_ms = 0;
+  // Control answers (replay and re-sync answers to replicas' requests, docs/replication.md §4)
+  // have their own share of the outbox: records not yet acknowledged, beyond the application's
+  // outbox_max_* (application commits never fail because of them). An answer that would exceed
+  // it is not written (stats().control_refused; the replica asks again); an answer started while
+  // no other is pending may exceed it (a re-sync carries the whole table). 0: no control answer.
+  std::size_t control_max_records = 10000;
+  std::size_t control_max_bytes = 8 * 1024 * 1024;
+  // Rate limit per requester (replica name; a token bucket): `control_burst` requests at once,
+  // then one per `control_interval_ms`; more are dropped (stats().control_rate_limited; replicas
+  // repeat with backoff). control_interval_ms = 0 disables the limit (at most a day and a
+  // burst of 10^6 are used). Up to 64 requesters are tracked; when all are busy a new one waits
+  // until one of them is idle.
+  std::int64_t control_interval_ms = 500;
+  std::size_t control_burst = 16;
 };
 
 // Row values handed to filters and serializer callbacks, in the order of the stream's columns.
@@ -125,7 +139,14 @@ struct master_stats {
   std::uint64_t control_handled = 0;
   std::uint64_t control_dropped = 0;
   std::uint64_t unmanaged_writes_refused = 0;
-  std::uint64_t outbox_full_refusals = 0;
+  std::uint64_t outbox_full_refusals = 0;  // application commits refused (outbox_max_*)
+  // Control requests (control_handled counts them all): answered (replay or re-sync records
+  // written), coalesced (the same answer is already in flight for this requester and stream),
+  // rate-limited (control_interval_ms / control_burst), refused (control_max_*).
+  std::uint64_t control_answered = 0;
+  std::uint64_t control_coalesced = 0;
+  std::uint64_t control_rate_limited = 0;
+  std::uint64_t control_refused = 0;
 };
 
 class master {

@@ -43,6 +43,8 @@ constexpr int kind_schema = 2;  // whole schema message, retained
 // The SQL function the guard triggers of registered tables call (registration.cpp): only the
 // library's connections define it, so its name is the error other connections get.
 constexpr char guard_function[] = "edgecqrs_replicated_table_write_through_master_api";
+constexpr int kind_control = 3;  // replay / re-sync answers to control requests (as kind_direct,
+                                 // within the control share of the outbox)
 
 // `v` in decimal, as std::to_string gives it (one small function instead of its instances).
 inline std::string decimal(std::size_t v) {
@@ -321,6 +323,36 @@ struct engine {
   std::uint64_t pending_records = 0, pending_bytes = 0, kept_records = 0, kept_bytes = 0;
   // pending_records as last re-read because the outbox had nothing left to send (count_outbox).
   std::uint64_t recounted_pending = UINT64_MAX;
+  // The part of pending_* that is control answers (kind_control), with its own limit.
+  std::uint64_t ctl_records = 0, ctl_bytes = 0;
+  // control.cpp: per-requester token buckets (credit in ms, at most burst * interval; replica
+  // "": free) and the answers in flight (outbox ids [first_id, last_id]; replay: seqs [from, to];
+  // re-sync: to = upto_seq; stream 0: free), one per op, requester and stream (schema: one per
+  // stream, replica ""). Fixed arrays: no allocation beyond the names.
+  struct ctl_bucket {
+    std::string replica;
+    std::int64_t credit_ms = 0, last_ms = 0;
+  };
+  std::array<ctl_bucket, 64> ctl_buckets;
+  struct ctl_answer {
+    std::int64_t stream = 0;
+    std::string replica;
+    control_op op = control_op::replay;
+    std::uint64_t from = 0, to = 0;
+    std::int64_t first_id = 0, last_id = 0;
+  };
+  std::array<ctl_answer, 64> ctl_answers;
+  bool control_rate_ok(const std::string& replica);
+  ctl_answer* control_in_flight(const table_state& t, const std::string& replica, control_op op);
+  std::error_code answer_replay(table_state& t, const control_request& c, std::uint64_t from,
+                                std::uint64_t to, bool& need_resync);
+  void note_answer(const table_state& t, const std::string& replica, control_op op,
+                   std::uint64_t from, std::uint64_t to, std::int64_t first_id);
+  __attribute__((noinline)) void ctl_count(std::uint64_t master_stats::*field) {
+    std::lock_guard<std::mutex> lk(stats_mu);
+    ++(st.*field);
+  }
+  std::int64_t outbox_top();
   bool acked_other = true;  // acknowledged non-stream rows may await deletion
   // publisher
   std::int64_t cursor = 0;

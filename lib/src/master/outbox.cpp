@@ -44,8 +44,15 @@ std::error_code engine::write_record(table_state& t, int kind, std::uint64_t fir
   sqlite3_bind_int64(s, 8, tag ? tag : t.sch.schema_tag);
   ++new_records;
   new_bytes += body_size;
-  if (pending_records + new_records > cfg.outbox_max_records ||
-      pending_bytes + new_bytes > cfg.outbox_max_bytes) {
+  if (kind == kind_control) {
+    // Control answers have their own share; the first one pending may exceed it (a re-sync
+    // is the whole table). Refusals are counted by control.cpp (control_refused).
+    if (cfg.control_max_records == 0 ||
+        (ctl_records && (ctl_records + new_records > cfg.control_max_records ||
+                         ctl_bytes + new_bytes > cfg.control_max_bytes)))
+      return make_error_code(errc::outbox_full);
+  } else if (pending_records - ctl_records + new_records > cfg.outbox_max_records ||
+             pending_bytes - ctl_bytes + new_bytes > cfg.outbox_max_bytes) {
     std::lock_guard<std::mutex> lk(stats_mu);
     ++st.outbox_full_refusals;
     return make_error_code(errc::outbox_full);

@@ -53,7 +53,7 @@ std::error_code engine::handle_completions() {
     if (!m.ids.empty()) acked.push_back(std::move(m));
   }
   if (acked.empty()) return {};
-  std::uint64_t ar = 0, ab = 0, kr = 0, kb = 0;
+  std::uint64_t ar = 0, ab = 0, kr = 0, kb = 0, cr = 0, cb = 0;
   bool gone = false;  // a record already acknowledged or removed by another connection
   internal_write = true;
   std::error_code ec = exec("BEGIN IMMEDIATE");
@@ -75,6 +75,10 @@ std::error_code engine::handle_completions() {
         }
         ++ar;
         ab += m.bytes[i];
+        if (m.kinds[i] == kind_control) {
+          ++cr;
+          cb += m.bytes[i];
+        }
         if (m.kinds[i] == kind_stream) {
           ++kr;
           kb += m.bytes[i];
@@ -97,6 +101,8 @@ std::error_code engine::handle_completions() {
   if (gone || ar > pending_records) return count_outbox();
   pending_records -= ar;
   pending_bytes -= std::min(pending_bytes, ab);
+  ctl_records -= std::min(ctl_records, cr);
+  ctl_bytes -= std::min(ctl_bytes, cb);
   kept_records += kr;
   kept_bytes += kb;
   return {};
@@ -257,7 +263,7 @@ std::error_code engine::publish_pending() {
       msgbuf.assign(p, p + n);
       topic = t.schema_topic;
       opts.retain = tag == t.sch.schema_tag;  // an older schema, re-published for its records
-    } else if (kind == kind_direct) {
+    } else if (kind == kind_direct || kind == kind_control) {
       m.ids.push_back(sqlite3_column_int64(s, 0));
       m.kinds.push_back(kind);
       auto first_seq = static_cast<std::uint64_t>(sqlite3_column_int64(s, 3));

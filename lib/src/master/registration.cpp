@@ -143,10 +143,11 @@ std::error_code engine::init() {
 std::error_code engine::count_outbox() {
   stmt q;
   if (prepare(q,
-              "SELECT acked, count(*), total(length(body)) FROM edgecqrs_outbox "
-              "WHERE acked=0 OR kind=0 GROUP BY acked"))
+              "SELECT acked, count(*), total(length(body)), kind=3 FROM edgecqrs_outbox "
+              "WHERE acked=0 OR kind=0 GROUP BY acked, kind=3"))
     return sql_fail("outbox count");
-  pending_records = pending_bytes = kept_records = kept_bytes = 0;
+  // Pending records (control answers, kind 3, also on their own) and kept stream records.
+  pending_records = pending_bytes = kept_records = kept_bytes = ctl_records = ctl_bytes = 0;
   while (sqlite3_step(q.get()) == SQLITE_ROW) {
     auto n = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
     auto b = static_cast<std::uint64_t>(sqlite3_column_double(q.get(), 2));
@@ -154,8 +155,12 @@ std::error_code engine::count_outbox() {
       kept_records = n;
       kept_bytes = b;
     } else {
-      pending_records = n;
-      pending_bytes = b;
+      pending_records += n;
+      pending_bytes += b;
+      if (sqlite3_column_int(q.get(), 3)) {
+        ctl_records = n;
+        ctl_bytes = b;
+      }
     }
   }
   return {};

@@ -124,6 +124,7 @@ std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
                                     const std::vector<sql_param>& params, std::string_view replica,
                                     bool resync, std::size_t* synced, std::uint64_t session) {
   std::size_t rows = 0;
+  const int kind = resync ? kind_control : kind_direct;  // re-syncs answer control requests
   std::error_code ec = internal_txn([&](std::uint64_t& nr, std::uint64_t& nb) -> std::error_code {
     message ext_msg;
     ext_msg.target = std::string(replica);
@@ -152,8 +153,7 @@ std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
         t, where_sql, params,
         [&](std::int64_t, std::size_t n, const std::uint8_t* grp, std::size_t size) {
           if (auto e2 = encode_ext()) return e2;
-          if (auto e2 = write_record(t, kind_direct, 0, n, replica, &ext, grp, size, nr, nb))
-            return e2;
+          if (auto e2 = write_record(t, kind, 0, n, replica, &ext, grp, size, nr, nb)) return e2;
           last_id = sqlite3_last_insert_rowid(db);
           if (resync) ++ext_msg.resync.part;
           return std::error_code{};
@@ -172,8 +172,7 @@ std::error_code engine::sync_locked(table_state& t, std::string_view where_sql,
         sqlite3_bind_blob(up.get(), 2, ext.data(), static_cast<int>(ext.size()), SQLITE_STATIC);
         if (sqlite3_step(up.get()) != SQLITE_DONE) return sql_fail("resync");
       } else {
-        if (auto e2 = write_record(t, kind_direct, 0, 0, replica, &ext, nullptr, 0, nr, nb))
-          return e2;
+        if (auto e2 = write_record(t, kind, 0, 0, replica, &ext, nullptr, 0, nr, nb)) return e2;
       }
     }
     return std::error_code{};
