@@ -274,14 +274,15 @@ TEST_CASE("re-sync markers beyond the seq bounds are rejected and change no stat
         make_error_code(errc::integer_out_of_range));
   CHECK(f.status().checkpoint == 1);
   CHECK(f.status().head == 1);
-  // A re-sync answer far beyond the known head (a replica that missed many events) is how the
-  // replica catches up: max_seq_ahead does not apply to it.
+  // Below 2^53 the entry check lets a re-sync answer through, but a session this replica did
+  // not ask for never runs (issue 17.1; test_resync.cpp covers the asked-for cases): the
+  // checkpoint never moves past the seqs the replica has seen.
   const std::uint64_t far = (std::uint64_t{1} << 40) + f.ro.max_seq_ahead;
   rs.resync = {8, far, 0, true};
   CHECK_FALSE(f.deliver("edgecqrs/v1/d/gw1/items", encode(rs)));
-  CHECK(f.status().checkpoint == far);
-  CHECK_FALSE(f.send(msg(f.sch, far + 1, {save(2, {I(1), T("b"), I(2)})})));
-  CHECK(f.rows() == std::vector<std::string>{"1|'b'|2"});
+  CHECK(f.status().checkpoint == 1);
+  CHECK(f.status().head == 1);
+  CHECK(f.rows() == std::vector<std::string>{"1|'a'|1"});
 }
 
 // 17.9

@@ -112,7 +112,11 @@ TEST_CASE("17.1: a forged re-sync completion on the direct topic removes nothing
   forged.resync = {424242, static_cast<std::uint64_t>(INT64_MAX), 0, true};
   const bytes b = encode(forged);
   CHECK(b.size() == 40);
-  CHECK_FALSE(u.deliver("edgecqrs/v1/d/dash/items", b));
+  // Rejected at the entry (upto_seq at or above 2^53), dead-lettered, no state changed; a
+  // plausible upto_seq of a session nobody asked for is ignored (next case and 16.2).
+  CHECK(u.deliver("edgecqrs/v1/d/dash/items", b) == make_error_code(errc::integer_out_of_range));
+  forged.resync = {424242, 1000, 0, true};
+  CHECK_FALSE(u.deliver("edgecqrs/v1/d/dash/items", encode(forged)));
   CHECK(u.rows() == three_rows);
   CHECK(u.r->stats().rows_removed_by_resync == 0);
   stream_status ss = u.status();
@@ -139,7 +143,9 @@ TEST_CASE("17.1: a session with the right nonce but an implausible upto_seq fail
   auto c = u.tp.take_controls();
   REQUIRE(c.size() == 1);
   CHECK(c[0].from_seq != 0);  // the request carries a nonce the answer must use
-  CHECK_FALSE(u.send_direct(u.part(c[0], static_cast<std::uint64_t>(INT64_MAX), {})));
+  // Beyond head + max_seq_ahead (2^32) but below the 2^53 bound every message is checked
+  // against at the entry: the session logic itself must refuse it.
+  CHECK_FALSE(u.send_direct(u.part(c[0], std::uint64_t{1} << 40, {})));
   CHECK(u.rows() == three_rows);  // no sweep
   stream_status ss = u.status();
   CHECK(ss.checkpoint == 3);  // no checkpoint move

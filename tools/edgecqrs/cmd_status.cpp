@@ -54,7 +54,7 @@ int master_status(sqlite3* db, nlohmann::json& j) {
   {
     stmt q;
     if (!q.prepare(db,
-                   "SELECT body FROM edgecqrs_outbox WHERE acked=0 AND kind IN (0,1) ORDER BY id "
+                   "SELECT body FROM edgecqrs_outbox WHERE acked=0 AND kind IN (0,1,3) ORDER BY id "
                    "LIMIT 1")) {
       errorf(cmd, "master tables: %s", sqlite3_errmsg(db));
       return 1;
