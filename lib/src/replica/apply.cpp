@@ -30,14 +30,43 @@ namespace replica_detail {
 // SQLite's affinity rules (datatype3.html §3.1) decide what a column makes of a value; a key
 // value that the column would convert (5.0 or "6" into INTEGER, 6 into TEXT) or cannot hold
 // (NULL, NaN) would land on another row than its key says, past that row's version.
+// Text and blobs that no affinity converts stay as they are in every column: keys declared UUID,
+// DATE or INT (NUMERIC/INTEGER affinity) often hold such text on the master.
 std::uint8_t key_types_of(std::string_view decl, bool rowid_alias) {
-  if (has(decl, "INT")) return rowid_alias ? key_int : key_int | key_real_frac;
-  if (has(decl, "CHAR") || has(decl, "CLOB") || has(decl, "TEXT")) return key_text | key_blob;
+  if (has(decl, "INT"))
+    return rowid_alias ? key_int : key_int | key_real_frac | key_text | key_blob;
+  if (has(decl, "CHAR") || has(decl, "CLOB") || has(decl, "TEXT"))
+    return key_text | key_text_numeric | key_blob;
   if (decl.empty() || has(decl, "BLOB"))
-    return key_int | key_real_frac | key_real_integral | key_text | key_blob;
+    return key_int | key_real_frac | key_real_integral | key_text | key_text_numeric | key_blob;
   if (has(decl, "REAL") || has(decl, "FLOA") || has(decl, "DOUB"))
-    return key_real_frac | key_real_integral;
-  return key_int | key_real_frac;  // NUMERIC
+    return key_real_frac | key_real_integral | key_text | key_blob;
+  return key_int | key_real_frac | key_text | key_blob;  // NUMERIC
+}
+
+// Whether numeric affinity would convert `s` (SQLite converts text that is a well-formed integer
+// or real literal, with optional surrounding spaces; datatype3.html §3).
+bool looks_numeric(std::string_view s) {
+  std::size_t i = 0, n = s.size();
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f'; };
+  while (i < n && space(s[i])) ++i;
+  while (n > i && space(s[n - 1])) --n;
+  if (i < n && (s[i] == '+' || s[i] == '-')) ++i;
+  std::size_t digits = 0;
+  while (i < n && s[i] >= '0' && s[i] <= '9') ++i, ++digits;
+  if (i < n && s[i] == '.') {
+    ++i;
+    while (i < n && s[i] >= '0' && s[i] <= '9') ++i, ++digits;
+  }
+  if (digits == 0) return false;
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < n && (s[i] == '+' || s[i] == '-')) ++i;
+    std::size_t e = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9') ++i, ++e;
+    if (e == 0) return false;
+  }
+  return i == n;
 }
 
 std::string key_problem(const plan& pl, const event& ev) {
@@ -64,8 +93,8 @@ std::string key_problem(const plan& pl, const event& ev) {
         break;
       }
       case value_type::text:
-        t = key_text;
-        what = "text";
+        t = looks_numeric(v.bytes()) ? key_text_numeric : key_text;
+        what = t == key_text ? "text" : "numeric text";
         break;
       case value_type::blob:
         t = key_blob;

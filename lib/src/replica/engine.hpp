@@ -142,8 +142,9 @@ enum key_type : std::uint8_t {
   key_int = 1,
   key_real_frac = 2,      // a real SQLite keeps as real in any column (not integral, or inf)
   key_real_integral = 4,  // 5.0: INTEGER/NUMERIC affinity would make it the integer 5
-  key_text = 8,
+  key_text = 8,           // text that does not look like a number: no affinity converts it
   key_blob = 16,
+  key_text_numeric = 32,  // text such as "6" or " 1e3": INTEGER/NUMERIC/REAL affinity converts it
 };
 std::uint8_t key_types_of(std::string_view decl_type, bool rowid_alias);
 // Empty when every key value of `ev` fits; otherwise what is wrong, for the dead letter.
