@@ -12,6 +12,7 @@
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/replica.hpp"
 #include "replica_helpers.hpp"
+#include "replica_unit.hpp"
 #include "test_support.hpp"
 
 using namespace edgecqrs;
@@ -19,39 +20,10 @@ using namespace edgecqrs::test;
 
 namespace {
 
-struct hostile_fixture {
-  temp_dir dir{"hostile"};
-  std::string path = dir.file("replica.db");
-  fake_clock clk;
-  sqlite3* db = nullptr;
-  std::unique_ptr<replica> r;
-  recording_transport tp;
-  schema sch = make_schema("items", {{"id", "INTEGER"}, {"name", "TEXT"}, {"qty", "INTEGER"}}, {0});
-  replica_options ro;
-
+struct hostile_fixture : replica_unit {
   explicit hostile_fixture(
-      const char* ddl = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)") {
-    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(db, ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
-    ro.name = "gw1";
-    ro.time = &clk;
-  }
-  ~hostile_fixture() {
-    r.reset();
-    sqlite3_close(db);
-  }
-  void open() {
-    r.reset();
-    REQUIRE_FALSE(replica::open(db, ro, r));
-    replica_table_options t;
-    t.local_table = "items";
-    REQUIRE_FALSE(r->register_table("items", std::move(t)));
-    REQUIRE_FALSE(r->attach(tp));
-  }
-  std::error_code deliver(const std::string& topic, const bytes& b) {
-    return r->on_message(topic, b.data(), b.size());
-  }
-  std::error_code send(const message& m) { return deliver("edgecqrs/v1/e/items", encode(m)); }
+      const char* ddl = "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, qty INTEGER)")
+      : replica_unit("hostile", ddl) {}
   std::error_code send_schema(const schema& s) {
     return deliver("edgecqrs/v1/s/" + s.cqrs_id, encode(s));
   }
@@ -64,18 +36,10 @@ struct hostile_fixture {
     CHECK_FALSE(deliver("edgecqrs/v1/d/gw1/items", encode(m)));
     tp.sent.clear();
   }
-  std::vector<std::string> rows() {
-    return dump(db, "SELECT id, name, qty FROM items ORDER BY id");
-  }
   std::vector<dead_letter> letters() {
     std::vector<dead_letter> dl;
     CHECK_FALSE(r->list_dead_letters(dl, 0, 1000));
     return dl;
-  }
-  stream_status status() {
-    stream_status s;
-    CHECK_FALSE(r->status("items", s));
-    return s;
   }
 };
 

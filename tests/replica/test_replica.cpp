@@ -13,6 +13,7 @@
 #include "edgecqrs/errors.hpp"
 #include "edgecqrs/replica.hpp"
 #include "replica_helpers.hpp"
+#include "replica_unit.hpp"
 #include "test_support.hpp"
 
 using namespace edgecqrs;
@@ -20,47 +21,9 @@ using namespace edgecqrs::test;
 
 namespace {
 
-const char* const items_ddl =
-    "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)";
-
-struct fixture {
-  temp_dir dir{"replica"};
-  std::string path = dir.file("replica.db");
-  fake_clock clk;
-  sqlite3* db = nullptr;
-  std::unique_ptr<replica> r;
-  recording_transport tp;
-  schema sch = make_schema("items", {{"id", "INTEGER"}, {"name", "TEXT"}, {"qty", "INTEGER"}}, {0});
-  replica_options ro;
-
-  explicit fixture(const char* ddl = items_ddl) {
-    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(db, ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
-    ro.name = "gw1";
-    ro.time = &clk;
-  }
-  ~fixture() {
-    r.reset();
-    sqlite3_close(db);
-  }
-  void open(replica_table_options t = default_table()) {
-    r.reset();
-    REQUIRE_FALSE(replica::open(db, ro, r));
-    REQUIRE_FALSE(r->register_table("items", std::move(t)));
-    REQUIRE_FALSE(r->attach(tp));
-  }
-  static replica_table_options default_table() {
-    replica_table_options t;
-    t.local_table = "items";
-    return t;
-  }
-  std::error_code deliver(const std::string& topic, const bytes& b) {
-    return r->on_message(topic, b.data(), b.size());
-  }
-  std::error_code send(const message& m) { return deliver("edgecqrs/v1/e/items", encode(m)); }
-  std::error_code send_direct(const message& m) {
-    return deliver("edgecqrs/v1/d/gw1/items", encode(m));
-  }
+struct fixture : replica_unit {
+  explicit fixture(const char* ddl = items_ddl) : replica_unit("replica", ddl) {}
+  static replica_table_options default_table() { return into_table("items"); }
   void send_schema(const schema& s) {
     CHECK_FALSE(deliver("edgecqrs/v1/s/" + s.cqrs_id, encode(s)));
   }
@@ -84,7 +47,6 @@ struct fixture {
     CHECK(c[0].op == control_op::resync);
     return c[0].from_seq;
   }
-  std::vector<std::string> rows() { return dump(db, "SELECT id, name, qty FROM items ORDER BY id"); }
 };
 
 }  // namespace

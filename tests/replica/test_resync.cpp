@@ -13,6 +13,7 @@
 #include "edgecqrs/ports/loopback.hpp"
 #include "edgecqrs/replica.hpp"
 #include "replica_helpers.hpp"
+#include "replica_unit.hpp"
 #include "test_support.hpp"
 
 using namespace edgecqrs;
@@ -20,44 +21,12 @@ using namespace edgecqrs::test;
 
 namespace {
 
-const char* const items_ddl =
-    "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)";
-
 // One replica on a recording transport; re-sync requests are answered by the test.
-struct unit {
-  temp_dir dir{"resync"};
-  std::string path = dir.file("replica.db");
-  fake_clock clk;
-  sqlite3* db = nullptr;
-  std::unique_ptr<replica> r;
-  recording_transport tp;
-  schema sch = make_schema("items", {{"id", "INTEGER"}, {"name", "TEXT"}, {"qty", "INTEGER"}}, {0});
-  replica_options ro;
+struct unit : replica_unit {
   std::uint64_t requests = 0;  // re-sync requests seen by answer_requests
 
-  explicit unit(const char* name = "gw1") {
-    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
-    REQUIRE(sqlite3_exec(db, items_ddl, nullptr, nullptr, nullptr) == SQLITE_OK);
+  explicit unit(const char* name = "gw1") : replica_unit("resync", items_ddl, name) {
     REQUIRE(sqlite3_exec(db, "PRAGMA synchronous=OFF", nullptr, nullptr, nullptr) == SQLITE_OK);
-    ro.name = name;
-    ro.time = &clk;
-  }
-  ~unit() {
-    r.reset();
-    sqlite3_close(db);
-  }
-  void open() {
-    r.reset();
-    REQUIRE_FALSE(replica::open(db, ro, r));
-    REQUIRE_FALSE(r->register_table("items", into_table("items")));
-    REQUIRE_FALSE(r->attach(tp));
-  }
-  std::error_code deliver(const std::string& topic, const bytes& b) {
-    return r->on_message(topic, b.data(), b.size());
-  }
-  std::error_code send(const message& m) { return deliver("edgecqrs/v1/e/items", encode(m)); }
-  std::error_code send_direct(const message& m) {
-    return deliver("edgecqrs/v1/d/" + ro.name + "/items", encode(m));
   }
   // The session id a master answering `c` uses (random when the request carries no nonce).
   std::uint64_t session_of(const control_request& c) const {
@@ -85,12 +54,6 @@ struct unit {
     for (int i = 1; i <= 3; ++i)
       CHECK_FALSE(send(msg(sch, static_cast<std::uint64_t>(i), {save(1, {I(i), T("r"), I(i)})})));
     requests = 0;
-  }
-  std::vector<std::string> rows() { return dump(db, "SELECT id, name, qty FROM items ORDER BY id"); }
-  stream_status status() {
-    stream_status ss;
-    CHECK_FALSE(r->status("items", ss));
-    return ss;
   }
 };
 
