@@ -30,6 +30,25 @@ master_fixture::~master_fixture() {
   sqlite3_close(db);
 }
 
+void master_fixture::insert(int id) {
+  REQUIRE_FALSE(
+      txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
+}
+
+std::size_t send_control(loopback::client& c, control_op op, const std::string& replica,
+                         std::uint64_t from, std::uint64_t to) {
+  control_request r;
+  r.op = op;
+  r.replica = replica;
+  r.from_seq = from;
+  r.to_seq = to;
+  std::uint8_t buf[256];
+  std::size_t w = 0;
+  REQUIRE_FALSE(encode_control(r, buf, sizeof buf, w));
+  REQUIRE_FALSE(c.publish(control_topic(default_topic_prefix, "t"), buf, w, {}, nullptr));
+  return w;
+}
+
 void master_fixture::sql(const std::string& s) {
   char* err = nullptr;
   int rc = sqlite3_exec(db, s.c_str(), nullptr, nullptr, &err);

@@ -4,6 +4,8 @@
 
 #include <sqlite3.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -40,6 +42,8 @@ class master_fixture {
   std::vector<event> events(const std::string& cqrs_id) const;
   std::vector<std::uint64_t> seqs(const std::string& cqrs_id) const;
   void clear() { got.clear(); }
+  // Inserts row (id, id) into table t inside a transaction (requires success).
+  void insert(int id);
   std::int64_t count(const std::string& query);
 
   fake_clock clk;
@@ -50,6 +54,11 @@ class master_fixture {
   std::unique_ptr<master> m;
   std::vector<received> got;
 };
+
+// Publishes one control request of `replica` for stream "t" from `c` (requires success; delivered
+// at the next pump). Returns the encoded size.
+std::size_t send_control(loopback::client& c, control_op op, const std::string& replica,
+                         std::uint64_t from, std::uint64_t to);
 
 value I(std::int64_t v);
 value T(const std::string& s);

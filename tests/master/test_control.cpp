@@ -33,17 +33,7 @@ struct ctl_fixture : master_fixture {
   // Publishes one control request from `replica` (delivered at the next pump).
   void request(control_op op, const std::string& replica, std::uint64_t from = 0,
                std::uint64_t to = 0) {
-    control_request r;
-    r.op = op;
-    r.replica = replica;
-    r.from_seq = from;
-    r.to_seq = to;
-    std::uint8_t buf[256];
-    std::size_t w = 0;
-    REQUIRE_FALSE(encode_control(r, buf, sizeof buf, w));
-    REQUIRE_FALSE(
-        requester->publish(control_topic(default_topic_prefix, "t"), buf, w, {}, nullptr));
-    request_bytes += w;
+    request_bytes += send_control(*requester, op, replica, from, to);
   }
   std::unique_ptr<loopback::client> requester = broker.make_client("flooder", 1000000);
   std::unique_ptr<loopback::client> d_client = broker.make_client("d-observer", 100);

@@ -22,22 +22,10 @@ struct pub_fixture : master_fixture {
       : master_fixture(cfg, path) {
     add_table("CREATE TABLE t(id INTEGER PRIMARY KEY, x INTEGER)", stream_of("t"));
   }
-  void insert(int id) {
-    REQUIRE_FALSE(
-        txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
-  }
   void control(control_op op, const std::string& replica, std::uint64_t from = 0,
                std::uint64_t to = 0) {
     auto c = broker.make_client(replica);
-    control_request r;
-    r.op = op;
-    r.replica = replica;
-    r.from_seq = from;
-    r.to_seq = to;
-    std::uint8_t buf[256];
-    std::size_t w = 0;
-    REQUIRE_FALSE(encode_control(r, buf, sizeof buf, w));
-    REQUIRE_FALSE(c->publish(control_topic(default_topic_prefix, "t"), buf, w, {}, nullptr));
+    send_control(*c, op, replica, from, to);
     broker.pump_all();
   }
   std::vector<received> direct(const std::string& replica) const {

@@ -20,10 +20,6 @@ struct state_fixture : master_fixture {
       : master_fixture(cfg, path) {
     add_table("CREATE TABLE t(id INTEGER PRIMARY KEY, x)", stream_of("t"));
   }
-  void insert(int id) {
-    REQUIRE_FALSE(
-        txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
-  }
   // Re-attaches the master on the same connection (a process restart).
   void restart(const master_config& cfg, std::initializer_list<const char*> ids) {
     m.reset();
@@ -190,17 +186,7 @@ TEST_CASE("edge: max_pending_control requests queued are all handled, one more i
   f.drain();
   auto c = f.broker.make_client("asker", 8);
   auto ask = [&](int n) {
-    for (int i = 0; i < n; ++i) {
-      control_request req;
-      req.op = control_op::replay;
-      req.replica = "r" + std::to_string(i);
-      req.from_seq = 1;
-      req.to_seq = 1;
-      std::uint8_t buf[128];
-      std::size_t w = 0;
-      REQUIRE_FALSE(encode_control(req, buf, sizeof buf, w));
-      REQUIRE_FALSE(c->publish(control_topic(default_topic_prefix, "t"), buf, w, {}, nullptr));
-    }
+    for (int i = 0; i < n; ++i) send_control(*c, control_op::replay, "r" + std::to_string(i), 1, 1);
     f.broker.pump_all();  // delivered to the master's queue; poll() not yet called
   };
   ask(2);

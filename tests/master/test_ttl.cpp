@@ -60,10 +60,6 @@ struct ttl_fixture : master_fixture {
   }
   // The master unsubscribes from its transport when destroyed: before `rec` goes.
   ~ttl_fixture() { m.reset(); }
-  void insert(int id) {
-    REQUIRE_FALSE(
-        txn("INSERT INTO t VALUES(" + std::to_string(id) + ", " + std::to_string(id) + ")"));
-  }
   // Options of the publishes on `topic`, in order.
   std::vector<publish_options> opts_on(const std::string& topic) const {
     std::vector<publish_options> out;
@@ -182,15 +178,7 @@ TEST_CASE("ttl: heartbeats, schema messages, manual sync and replay answers neve
   f.rec.log.clear();
   {
     auto c = f.broker.make_client("r1");
-    control_request r;
-    r.op = control_op::replay;
-    r.replica = "r1";
-    r.from_seq = 1;
-    r.to_seq = 2;
-    std::uint8_t buf[256];
-    std::size_t w = 0;
-    REQUIRE_FALSE(encode_control(r, buf, sizeof buf, w));
-    REQUIRE_FALSE(c->publish(control_topic(default_topic_prefix, "t"), buf, w, {}, nullptr));
+    send_control(*c, control_op::replay, "r1", 1, 2);
     f.broker.pump_all();
   }
   f.drain();
