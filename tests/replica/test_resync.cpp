@@ -599,3 +599,31 @@ TEST_CASE("16.3: a forged or replayed session is never authoritative, the reques
   CHECK(u.rows() == two);
   CHECK(u.r->stats().tombstones_cleared_by_resync == 1);
 }
+
+TEST_CASE("16.3: a spoilt authoritative session is asked again authoritatively; a write that "
+          "arrived by the stream meanwhile is kept") {
+  unit u;
+  u.open();
+  u.ready();
+  CHECK_FALSE(u.send(msg(u.sch, 4, {del(6, {I(2)})})));
+  CHECK_FALSE(u.r->request_resync("items", true));
+  auto first = resync_requests(u.tp);
+  REQUIRE(first.size() == 1);
+  // Part 0 is lost: the last part (1) spoils the run.
+  message last = u.part(first[0], 4, {sync(1, {I(3), T("r"), I(3)})});
+  last.resync.part = 1;
+  CHECK_FALSE(u.send_direct(last));
+  CHECK(u.rows() == std::vector<std::string>{"1|'r'|1", "3|'r'|3"});
+  // Asked again at once, still authoritative. Meanwhile the master wrote row 9 (seq 5).
+  CHECK_FALSE(u.r->poll());
+  auto again = resync_requests(u.tp);
+  REQUIRE(again.size() == 1);
+  u.clk.advance(1000);
+  CHECK_FALSE(u.send(msg(u.sch, 5, {save(1, {I(9), T("n"), I(9)})})));
+  CHECK_FALSE(u.send_direct(u.part(again[0], 4,
+                                   {sync(1, {I(1), T("r"), I(1)}), sync(1, {I(2), T("r"), I(2)}),
+                                    sync(1, {I(3), T("r"), I(3)})})));
+  CHECK(u.rows() == std::vector<std::string>{"1|'r'|1", "2|'r'|2", "3|'r'|3", "9|'n'|9"});
+  CHECK(u.r->stats().tombstones_cleared_by_resync == 1);
+  CHECK(u.r->stats().rows_removed_by_resync == 0);
+}
