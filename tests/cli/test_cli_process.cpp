@@ -597,3 +597,23 @@ TEST_CASE("CLI uses the stream's registered definition, and refuses callbacks it
   CHECK(count_of(mdb, "SELECT filter FROM edgecqrs_registration WHERE cqrs_id='item'") == 1);
   CHECK(count_of(mdb, "SELECT count(*) FROM sqlite_master WHERE type='trigger'") == 6);
 }
+
+TEST_CASE("resync --authoritative stores an authoritative want for the replica daemon") {
+  world w(3);
+  REQUIRE(cli(w.d, "-q dump --db '" + w.mdb + "' -c item -o '" + w.d.file("i.cbor") + "'").status ==
+          0);
+  REQUIRE(cli(w.d, "-q load -i '" + w.d.file("i.cbor") + "' --config '" + w.cfg + "'").status == 0);
+  const std::string want = "SELECT count(*) FROM edgecqrs_r_streams WHERE cqrs_id='item' AND";
+  CHECK(count_of(w.rdb, want + " resync_auth=0") == 1);
+  result r = cli(w.d, "resync --config '" + w.cfg + "' -c item");
+  CHECK(r.status == 0);
+  CHECK(r.err.find("full re-sync of 'item' requested") != std::string::npos);
+  CHECK(count_of(w.rdb, want + " resync_want>0 AND resync_auth=0") == 1);
+  r = cli(w.d, "resync --config '" + w.cfg + "' -c item --authoritative");
+  CHECK(r.status == 0);
+  CHECK(r.err.find("authoritative re-sync of 'item' requested") != std::string::npos);
+  CHECK(count_of(w.rdb, want + " resync_want>0 AND resync_auth=1") == 1);
+  r = cli(w.d, "resync --config '" + w.cfg + "' -c nope --authoritative");
+  CHECK(r.status != 0);
+  CHECK(r.err.find("nope") != std::string::npos);
+}

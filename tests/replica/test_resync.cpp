@@ -433,3 +433,160 @@ TEST_CASE("a want stored before requests carried nonces is asked for once after 
   CHECK(u.requests == 1);
   CHECK(u.rows() == three_rows);
 }
+
+// Issue 16.3: an authoritative repair (request_resync(id, true)) always works.
+namespace {
+
+// Answers the re-sync requests sent so far that carry a nonce, returning them (to replay).
+std::vector<control_request> resync_requests(recording_transport& tp) {
+  std::vector<control_request> out;
+  for (const auto& c : tp.take_controls())
+    if (c.op == control_op::resync) out.push_back(c);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("16.3: a wrongly tombstoned row stays deleted after a re-sync, an authoritative one "
+          "restores it") {
+  unit u;
+  u.open();
+  u.ready();
+  // A forged delete at version 6 (the row is at version 1) through the normal path, and a
+  // forged update of row 3 to version 9.
+  CHECK_FALSE(u.send(msg(u.sch, 4, {del(6, {I(2)})})));
+  CHECK_FALSE(u.send(msg(u.sch, 5, {save(9, {I(3), T("x"), I(99)})})));
+  REQUIRE(u.rows() == std::vector<std::string>{"1|'r'|1", "3|'x'|99"});
+  const std::vector<event> master = {sync(1, {I(1), T("r"), I(1)}), sync(1, {I(2), T("r"), I(2)}),
+                                     sync(1, {I(3), T("r"), I(3)})};
+  // A normal re-sync completes and applies nothing over the tombstone or the higher version.
+  CHECK_FALSE(u.r->request_resync("items"));
+  u.answer_requests(5, master);
+  CHECK(u.r->stats().resyncs_completed == 2);
+  CHECK(u.rows() == std::vector<std::string>{"1|'r'|1", "3|'x'|99"});
+  // The authoritative one: the master's rows win and take the master's versions.
+  CHECK_FALSE(u.r->request_resync("items", true));
+  u.answer_requests(5, master);
+  CHECK(u.r->stats().resyncs_completed == 3);
+  CHECK(u.rows() == three_rows);
+  CHECK(u.r->stats().tombstones_cleared_by_resync == 1);
+  CHECK(u.r->stats().rows_overwritten_by_resync == 1);
+  CHECK(u.status().checkpoint == 5);
+  // Later master writes at the master's versions apply (row 3 is at version 1 again).
+  CHECK_FALSE(u.send(msg(u.sch, 6, {save(2, {I(3), T("m"), I(3)})})));
+  CHECK(u.rows() == std::vector<std::string>{"1|'r'|1", "2|'r'|2", "3|'m'|3"});
+  // The want is satisfied: nothing more is asked.
+  u.clk.advance(600000);
+  CHECK_FALSE(u.r->poll());
+  CHECK(resync_requests(u.tp).empty());
+}
+
+TEST_CASE("16.3: after the master was restored from a backup only an authoritative re-sync "
+          "completes") {
+  unit u;
+  u.open();
+  CHECK_FALSE(u.deliver("edgecqrs/v1/s/items", encode(u.sch)));
+  u.answer_requests(0, {});
+  // Five rows at seqs 1..5; row 1 at version 3.
+  CHECK_FALSE(u.send(msg(u.sch, 1, {save(3, {I(1), T("r"), I(1)})})));
+  for (int i = 2; i <= 5; ++i)
+    CHECK_FALSE(u.send(msg(u.sch, static_cast<std::uint64_t>(i), {save(1, {I(i), T("r"), I(i)})})));
+  REQUIRE(u.rows().size() == 5);
+  REQUIRE(u.status().checkpoint == 5);
+  const auto done = u.r->stats().resyncs_completed;
+  // The master database is replaced by an older copy (same incarnation): rows 1 and 2 at
+  // version 1, head 2. A normal re-sync never completes (its answer reads less than the replica
+  // had when asking).
+  const std::vector<event> master = {sync(1, {I(1), T("b"), I(1)}), sync(1, {I(2), T("b"), I(2)})};
+  CHECK_FALSE(u.r->request_resync("items"));
+  u.answer_requests(2, master);
+  CHECK(u.r->stats().resyncs_completed == done);
+  CHECK(u.rows().size() == 5);
+  u.clk.advance(600000);
+  CHECK_FALSE(u.r->poll());
+  u.answer_requests(2, master);
+  CHECK(u.r->stats().resyncs_completed == done);
+  // The authoritative one completes: exactly the master's rows, checkpoint and head at 2.
+  CHECK_FALSE(u.r->request_resync("items", true));
+  u.answer_requests(2, master);
+  CHECK(u.r->stats().resyncs_completed == done + 1);
+  CHECK(u.rows() == std::vector<std::string>{"1|'b'|1", "2|'b'|2"});
+  CHECK(u.r->stats().rows_removed_by_resync == 3);
+  CHECK(u.r->stats().rows_overwritten_by_resync == 1);
+  CHECK(u.status().checkpoint == 2);
+  CHECK(u.status().head == 2);
+  // The master's next write (seq 3, row 1 at version 2) applies.
+  CHECK_FALSE(u.send(msg(u.sch, 3, {save(2, {I(1), T("n"), I(7)})})));
+  CHECK(u.rows() == std::vector<std::string>{"1|'n'|7", "2|'b'|2"});
+  CHECK(u.status().checkpoint == 3);
+  // Nothing is wanted any more (the older normal want was satisfied too).
+  u.clk.advance(600000);
+  CHECK_FALSE(u.r->poll());
+  CHECK(resync_requests(u.tp).empty());
+}
+
+TEST_CASE("16.3: a forged or replayed session is never authoritative, the request survives a "
+          "restart") {
+  unit u;
+  u.open();
+  u.ready();
+  CHECK_FALSE(u.send(msg(u.sch, 4, {del(6, {I(2)})})));
+  const std::vector<event> master = {sync(1, {I(1), T("r"), I(1)}), sync(1, {I(2), T("r"), I(2)}),
+                                     sync(1, {I(3), T("r"), I(3)})};
+  const std::vector<std::string> two = {"1|'r'|1", "3|'r'|3"};
+  // A normal request, then the operator's authoritative one.
+  CHECK_FALSE(u.r->request_resync("items"));
+  auto normal = resync_requests(u.tp);
+  REQUIRE(normal.size() == 1);
+  CHECK_FALSE(u.r->request_resync("items", true));
+  auto auth = resync_requests(u.tp);
+  REQUIRE(auth.size() == 1);
+  REQUIRE(auth[0].from_seq != normal[0].from_seq);
+  // The answer to the normal request (asked before) is not authoritative.
+  CHECK_FALSE(u.send_direct(u.part(normal[0], 4, master)));
+  CHECK(u.rows() == two);
+  // A forged session with the right shape (an unknown nonce) is rejected.
+  control_request forged = auth[0];
+  forged.from_seq = auth[0].from_seq ^ 0x5a5a;
+  CHECK_FALSE(u.send_direct(u.part(forged, 4, master)));
+  CHECK(u.rows() == two);
+  CHECK(u.r->stats().tombstones_cleared_by_resync == 0);
+  // A restart: the authoritative request (and its nonce) is persisted; its answer repairs.
+  u.open();
+  CHECK_FALSE(u.send_direct(u.part(auth[0], 4, master)));
+  CHECK(u.rows() == three_rows);
+  CHECK(u.r->stats().tombstones_cleared_by_resync == 1);
+  // Another forged delete, then the completed authoritative session replayed: not applied.
+  CHECK_FALSE(u.send(msg(u.sch, 5, {del(8, {I(2)})})));
+  CHECK_FALSE(u.send_direct(u.part(auth[0], 5, master)));
+  CHECK(u.rows() == two);
+  CHECK(u.r->stats().tombstones_cleared_by_resync == 1);
+}
+
+TEST_CASE("16.3: a spoilt authoritative session is asked again authoritatively; a write that "
+          "arrived by the stream meanwhile is kept") {
+  unit u;
+  u.open();
+  u.ready();
+  CHECK_FALSE(u.send(msg(u.sch, 4, {del(6, {I(2)})})));
+  CHECK_FALSE(u.r->request_resync("items", true));
+  auto first = resync_requests(u.tp);
+  REQUIRE(first.size() == 1);
+  // Part 0 is lost: the last part (1) spoils the run.
+  message last = u.part(first[0], 4, {sync(1, {I(3), T("r"), I(3)})});
+  last.resync.part = 1;
+  CHECK_FALSE(u.send_direct(last));
+  CHECK(u.rows() == std::vector<std::string>{"1|'r'|1", "3|'r'|3"});
+  // Asked again at once, still authoritative. Meanwhile the master wrote row 9 (seq 5).
+  CHECK_FALSE(u.r->poll());
+  auto again = resync_requests(u.tp);
+  REQUIRE(again.size() == 1);
+  u.clk.advance(1000);
+  CHECK_FALSE(u.send(msg(u.sch, 5, {save(1, {I(9), T("n"), I(9)})})));
+  CHECK_FALSE(u.send_direct(u.part(again[0], 4,
+                                   {sync(1, {I(1), T("r"), I(1)}), sync(1, {I(2), T("r"), I(2)}),
+                                    sync(1, {I(3), T("r"), I(3)})})));
+  CHECK(u.rows() == std::vector<std::string>{"1|'r'|1", "2|'r'|2", "3|'r'|3", "9|'n'|9"});
+  CHECK(u.r->stats().tombstones_cleared_by_resync == 1);
+  CHECK(u.r->stats().rows_removed_by_resync == 0);
+}

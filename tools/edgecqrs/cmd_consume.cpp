@@ -185,6 +185,14 @@ int run_consume(const std::string& config, const std::string& db, const run_stat
         (unsigned long long)s.messages, (unsigned long long)s.events_applied,
         (unsigned long long)s.skipped_stale, (unsigned long long)s.duplicates,
         (unsigned long long)s.dead_letters);
+  if (!st.quiet && s.resyncs_completed)
+    std::fprintf(stderr,
+                 "edgecqrs consume: %llu re-syncs: %llu rows overwritten, %llu tombstones "
+                 "cleared, %llu rows removed\n",
+                 (unsigned long long)s.resyncs_completed,
+                 (unsigned long long)s.rows_overwritten_by_resync,
+                 (unsigned long long)s.tombstones_cleared_by_resync,
+                 (unsigned long long)s.rows_removed_by_resync);
   return rc;
 }
 

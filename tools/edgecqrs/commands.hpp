@@ -18,6 +18,7 @@ void register_status(CLI::App& app, run_state& st);
 void register_dump(CLI::App& app, run_state& st);  // dump and load
 void register_diff(CLI::App& app, run_state& st);  // diff-master, diff-replica, diff-sync
 void register_dead_letters(CLI::App& app, run_state& st);
+void register_resync(CLI::App& app, run_state& st);
 #ifdef EDGECQRS_HAVE_PAHO
 void register_consume(CLI::App& app, run_state& st);  // consume and sync
 // decode --subscribe: prints messages of `topic` live until SIGINT/SIGTERM or `count` messages.

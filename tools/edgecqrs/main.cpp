@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   edgecqrs::cli::register_dump(app, st);
   edgecqrs::cli::register_diff(app, st);
   edgecqrs::cli::register_dead_letters(app, st);
+  edgecqrs::cli::register_resync(app, st);
   edgecqrs::cli::register_decode(app, st);
 #ifdef EDGECQRS_HAVE_PAHO
   edgecqrs::cli::register_consume(app, st);

@@ -150,6 +150,10 @@ struct replica_stats {
   std::uint64_t resync_parts_rejected = 0;  // re-sync parts of sessions this replica did not ask
                                             // for (or older than a completed one): not applied
   std::uint64_t tombstones_dropped = 0;  // pruned early to honour max_tombstones
+  // Authoritative re-syncs (request_resync(id, true)): rows whose higher version the master's
+  // row replaced, and tombstones the master's row cleared (rows removed: rows_removed_by_resync).
+  std::uint64_t rows_overwritten_by_resync = 0;
+  std::uint64_t tombstones_cleared_by_resync = 0;
 };
 
 struct dead_letter {
@@ -217,6 +221,15 @@ class replica {
   // completes, also after a restart. Errors: unknown_stream, sqlite_error (the want could not be
   // stored; nothing was asked).
   EDGECQRS_API std::error_code request_resync(std::string_view cqrs_id);
+  // The same, and when `authoritative` an operator's repair: only the session answering a
+  // request sent for this want (its nonce is stored with the stream, so it survives a restart;
+  // a forged or replayed session never is) applies the master's rows over tombstones and higher
+  // replica versions (taking the master's versions), removes every row it did not carry that no
+  // stream event touched since the request, skips the floor check (a master restored from a
+  // backup went back), and sets the checkpoint and head to its upto_seq. Counted in
+  // replica_stats (rows_overwritten_by_resync, tombstones_cleared_by_resync,
+  // rows_removed_by_resync). Errors: as above.
+  EDGECQRS_API std::error_code request_resync(std::string_view cqrs_id, bool authoritative);
 
   EDGECQRS_API replica_stats stats() const;
   EDGECQRS_API std::error_code status(std::string_view cqrs_id, stream_status& out) const;

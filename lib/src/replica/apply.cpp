@@ -164,8 +164,8 @@ std::error_code replica::impl::apply_event(plan& pl, const event& ev, const appl
   std::string_view key = make_key(pl, ev);
   const bool db_mode = !s.opts.local_table.empty();
   const bool is_delete = ev.kind == event_kind::remove;
-  const bool fast =
-      db_mode && (is_delete ? !s.opts.on_delete : !s.opts.on_create && !s.opts.on_update);
+  const bool fast = db_mode && !c.authoritative &&
+                    (is_delete ? !s.opts.on_delete : !s.opts.on_create && !s.opts.on_update);
   if (fast) {
     // One conditional write decides; the local statement follows only when it won.
     int changed = 0;
@@ -229,6 +229,13 @@ std::error_code replica::impl::apply_event(plan& pl, const event& ev, const appl
   // version of a live row but never downgrade and never resurrect at the tombstone's version.
   bool newer = !exists || ev.row_version > cur ||
                (ev.kind == event_kind::sync && !deleted && ev.row_version == cur && cur > 0);
+  // An authoritative session (the operator's repair): the master's row wins over a tombstone
+  // or a higher version, and takes the master's version.
+  if (!newer && c.authoritative && c.repaired) {
+    newer = true;
+    ++(deleted ? c.repaired->tombstones_cleared_by_resync
+               : c.repaired->rows_overwritten_by_resync);
+  }
   if (!newer) {
     out = ev.row_version == cur ? outcome::duplicate : outcome::stale;
     if (c.session) return mark_session(s, key, c.session);
@@ -280,6 +287,7 @@ std::error_code replica::impl::apply_event(plan& pl, const event& ev, const appl
     q_row_put.bind(5, static_cast<std::int64_t>(c.seq));
     q_row_put.bind(6, static_cast<std::int64_t>(c.session));
     q_row_put.bind(7, msg_now);
+    q_row_put.bind(8, c.authoritative ? 1 : 0);
     if (q_row_put.step() != SQLITE_DONE) return sql_error(db, detail);
   }
   if (is_delete) ++tombstones_added;

@@ -59,6 +59,9 @@ struct asked_session {
   std::uint64_t floor = 0;  // max(checkpoint, last completed upto_seq) when asked
   std::int64_t at_ms = 0;   // wall time of the request
   bool done = false;        // answered by a completed session (this one or a newer one)
+  // Asked by the operator for an authoritative repair (request_resync(id, true)): only the
+  // session answering this request applies the master's rows whatever the replica holds.
+  bool authoritative = false;
 };
 
 // Versions and seqs a master can produce (one per committed change / event): at or above 2^53
@@ -93,6 +96,7 @@ struct progress {
   std::uint64_t resync_want = 0;
   std::vector<asked_session> resync_asked;
   std::uint64_t resync_asks = 0;
+  bool resync_auth = false;  // the want is authoritative: its requests are marked so
 };
 
 // Raises the stream's re-sync want (persisted with the stream): `fresh` when the cause needs a
@@ -225,6 +229,8 @@ struct replica::impl {
     bool direct = false;
     std::uint64_t seq = 0;      // stream seq of the event (0: sync)
     std::uint64_t session = 0;  // re-sync session to mark rows with (0: none)
+    bool authoritative = false;  // an authoritative session: the master's row wins
+    replica_stats* repaired = nullptr;  // counts what an authoritative session overrode
   };
 
   struct msg_opts {
@@ -260,12 +266,12 @@ struct replica::impl {
 
   void queue_control(const stream& s, control_op op, std::uint64_t from, std::uint64_t to);
   void want_schema(stream& s);
-  std::error_code want_resync(stream& s, bool fresh);
+  std::error_code want_resync(stream& s, bool fresh, bool authoritative = false);
   void settle_resync(stream& s);
   void ask_resync(stream& s);
   bool plausible_seq(const stream& s, const message& m) const;
   std::error_code finish_resync(stream& s, progress& p, const resync_marker& r,
-                                std::uint64_t index, replica_stats& delta);
+                                const asked_session& a, replica_stats& delta);
   std::error_code poll_locked();
   void flush_controls(std::unique_lock<std::mutex>& lk);
 

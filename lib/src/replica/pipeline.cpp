@@ -181,10 +181,12 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
   // objects or processes may apply to this database (docs/replication.md §4, "Several
   // replica objects on one database").
   progress p;
-  std::uint64_t session = 0, asked_index = 0;
+  std::uint64_t session = 0;
+  asked_session asked;
   bool finish_session = false, session_broken = false, competing = false, rejected = false;
   auto prepare = [&]() -> std::error_code {
-    session = asked_index = 0;
+    session = 0;
+    asked = asked_session{};
     finish_session = session_broken = competing = rejected = false;
     if (auto ec = reload_stream(s)) return ec;
     p = s.prog;
@@ -205,14 +207,16 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
     const auto& r = m.resync;
     const auto a = std::find_if(p.resync_asked.begin(), p.resync_asked.end(),
                                 [&](const asked_session& x) { return x.nonce == r.session; });
-    if (a == p.resync_asked.end() || a->done || r.upto_seq < a->floor ||
-        r.upto_seq < p.resync_done_upto) {
+    // The answer to an authoritative request (the operator's) may read less than the replica
+    // had: the master went back (restored from a backup).
+    if (a == p.resync_asked.end() || a->done ||
+        (!a->authoritative && (r.upto_seq < a->floor || r.upto_seq < p.resync_done_upto))) {
       if (a == p.resync_asked.end() && (!p.seen.empty() || p.head > p.checkpoint))
         raise_want(p, false);
       rejected = true;
       return {};
     }
-    asked_index = a->index;
+    asked = *a;
     const std::size_t asked_at = static_cast<std::size_t>(a - p.resync_asked.begin());
     // Session ids are the nonces of this replica's requests. The database holds the one
     // running session; a run completes only when parts 0..last of that session arrived in
@@ -286,6 +290,8 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
   auto run = [&](bool per_event) -> std::error_code {
     delta = replica_stats{};
     c.session = session;  // decided by prepare()
+    c.authoritative = session != 0 && asked.authoritative;
+    c.repaired = &delta;
     for (std::size_t i = 0; i < n; ++i) {
       c.seq = m.seq_of(i);
       outcome o{};
@@ -314,7 +320,7 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
         return make_error_code(errc::sqlite_error);
     }
     if (finish_session) {
-      if (auto ec = finish_resync(s, p, m.resync, asked_index, delta)) return ec;
+      if (auto ec = finish_resync(s, p, m.resync, asked, delta)) return ec;
     }
     if (auto ec = save_stream(s, p)) return ec;
     return {};
@@ -356,6 +362,8 @@ std::error_code replica::impl::handle_message(std::string_view topic, const std:
   st.duplicates += delta.duplicates;
   st.ignored += delta.ignored;
   st.rows_removed_by_resync += delta.rows_removed_by_resync;
+  st.rows_overwritten_by_resync += delta.rows_overwritten_by_resync;
+  st.tombstones_cleared_by_resync += delta.tombstones_cleared_by_resync;
   s.prog = p;
   if (finish_session) ++st.resyncs_completed;
   // A spoilt session is asked again at once the first time; later ones wait for the backoff.

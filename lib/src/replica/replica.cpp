@@ -69,6 +69,8 @@ std::error_code replica::impl::init() {
        "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_asked BLOB;"
        "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_asks INTEGER NOT NULL DEFAULT 0;"
        "UPDATE edgecqrs_r_streams SET resync_want=1 WHERE resync_want>0;"},
+      {"resync_auth", "ALTER TABLE edgecqrs_r_streams ADD COLUMN resync_auth INTEGER NOT NULL"
+                      " DEFAULT 0;"},
   };
   for (const auto& step : steps) {
     auto has_column = [&]() {
@@ -118,7 +120,8 @@ std::error_code replica::impl::init() {
       {&q_row_put,
        "INSERT INTO edgecqrs_r_rows(sid,key,version,deleted,seq,session,at_ms)"
        " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(sid,key) DO UPDATE SET"
-       " version=excluded.version, deleted=excluded.deleted, seq=max(seq, excluded.seq),"
+       " version=excluded.version, deleted=excluded.deleted,"
+       " seq=CASE WHEN ?8 THEN excluded.seq ELSE max(seq, excluded.seq) END,"
        " session=CASE WHEN excluded.session>0 THEN excluded.session ELSE session END,"
        " at_ms=excluded.at_ms"},
       // Version check and write in one statement (the fast path without handlers): the
@@ -137,11 +140,11 @@ std::error_code replica::impl::init() {
        "UPDATE edgecqrs_r_streams SET incarnation=?2, checkpoint=?3, head=?4, seen=?5,"
        " resync_session=?6, resync_parts=?7, resync_at_ms=?8, resync_done=?9,"
        " resync_done_upto=?10, resync_skip=?11, resync_want=?12, resync_asked=?13,"
-       " resync_asks=?14 WHERE sid=?1"},
+       " resync_asks=?14, resync_auth=?15 WHERE sid=?1"},
       {&q_stream_get,
        "SELECT incarnation, checkpoint, head, seen, resync_session, resync_parts, resync_at_ms,"
-       " resync_done, resync_done_upto, resync_skip, resync_want, resync_asked, resync_asks"
-       " FROM edgecqrs_r_streams WHERE sid=?1"},
+       " resync_done, resync_done_upto, resync_skip, resync_want, resync_asked, resync_asks,"
+       " resync_auth FROM edgecqrs_r_streams WHERE sid=?1"},
       {&q_schema_get, "SELECT body FROM edgecqrs_r_schemas WHERE sid=?1 AND tag=?2"},
       {&q_schema_put,
        "INSERT OR REPLACE INTO edgecqrs_r_schemas(sid,tag,incarnation,body) VALUES(?1,?2,?3,?4)"},
@@ -319,13 +322,17 @@ std::error_code replica::poll() {
 }
 
 std::error_code replica::request_resync(std::string_view cqrs_id) {
+  return request_resync(cqrs_id, false);
+}
+
+std::error_code replica::request_resync(std::string_view cqrs_id, bool authoritative) {
   std::unique_lock<std::mutex> lk(impl_->mu);
   auto it = impl_->by_id.find(std::string(cqrs_id));
   if (it == impl_->by_id.end()) return make_error_code(errc::unknown_stream);
   stream& s = *it->second;
   // Satisfied only by a session asked for from now on (it reads the master after this call).
   s.next_resync_ms = 0;
-  std::error_code ec = impl_->want_resync(s, true);
+  std::error_code ec = impl_->want_resync(s, true, authoritative);
   impl_->flush_controls(lk);
   return ec;
 }

@@ -42,11 +42,13 @@ void replica::impl::want_schema(stream& s) {
 
 // Raises the stream's persisted re-sync want in a transaction of its own (request_resync) and
 // asks when the backoff allows.
-std::error_code replica::impl::want_resync(stream& s, bool fresh) {
+std::error_code replica::impl::want_resync(stream& s, bool fresh, bool authoritative) {
   if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return not_committed(s.cqrs_id);
   std::error_code ec = reload_stream(s);
   progress p = s.prog;
   raise_want(p, fresh);
+  // Stays authoritative until an authoritative session satisfies the want.
+  p.resync_auth = p.resync_auth || authoritative;
   if (!ec) ec = save_stream(s, p);
   if (auto e = commit_or_rollback(ec, s.cqrs_id)) return e;
   s.prog = p;
@@ -90,8 +92,8 @@ void replica::impl::ask_resync(stream& s) {
   if (exec(db, "BEGIN IMMEDIATE") != SQLITE_OK) return;  // the timer asks again
   std::error_code ec = reload_stream(s);
   progress p = s.prog;
-  p.resync_asked.push_back(
-      {nonce, ++p.resync_asks, std::max(p.checkpoint, p.resync_done_upto), wall, false});
+  p.resync_asked.push_back({nonce, ++p.resync_asks, std::max(p.checkpoint, p.resync_done_upto),
+                            wall, false, p.resync_auth});
   if (p.resync_asked.size() > max_asked_sessions) p.resync_asked.erase(p.resync_asked.begin());
   if (!ec) ec = save_stream(s, p);
   if (!ec && exec(db, "COMMIT") == SQLITE_OK) {
@@ -103,17 +105,21 @@ void replica::impl::ask_resync(stream& s) {
 }
 
 // Inside the transaction: removes rows of the stream the session did not carry and no later
-// stream event touched, then raises the checkpoint.
+// stream event touched, then raises the checkpoint. An authoritative session (answering the
+// operator's request `a`) also removes rows at seqs above upto_seq that no stream event touched
+// since the request (a master restored from a backup went back), and sets the checkpoint and
+// head to upto_seq, lower than before if the master went back.
 std::error_code replica::impl::finish_resync(stream& s, progress& p, const resync_marker& r,
-                                             std::uint64_t index, replica_stats& delta) {
+                                             const asked_session& a, replica_stats& delta) {
   statement q;
   if (q.prepare(db,
                 "SELECT key, version FROM edgecqrs_r_rows WHERE sid=?1 AND deleted=0 AND"
-                " session<>?2 AND seq<=?3") != SQLITE_OK)
+                " session<>?2 AND (seq<=?3 OR at_ms<?4)") != SQLITE_OK)
     return make_error_code(errc::sqlite_error);
   q.bind(1, s.sid);
   q.bind(2, static_cast<std::int64_t>(r.session));
   q.bind(3, static_cast<std::int64_t>(r.upto_seq));
+  q.bind(4, a.authoritative ? a.at_ms : INT64_MIN);
   std::vector<std::pair<std::string, std::uint64_t>> gone;
   int rc;
   while ((rc = q.step()) == SQLITE_ROW)
@@ -158,13 +164,24 @@ std::error_code replica::impl::finish_resync(stream& s, progress& p, const resyn
   }
   // Never beyond the seqs the replica knows exist (an initial load before any stream message
   // or heartbeat: the gap up to upto_seq is then replayed, as duplicates).
-  raise_checkpoint(p, std::min(r.upto_seq, p.head));
+  if (a.authoritative) {
+    // The master's state at upto_seq is the truth: later stream events apply from there (seqs
+    // seen before are forgotten; gap repair fetches what the master has beyond).
+    p.checkpoint = p.head = r.upto_seq;
+    p.seen.clear();
+  } else {
+    raise_checkpoint(p, std::min(r.upto_seq, p.head));
+  }
   ++p.resync_done;
   p.resync_done_upto = r.upto_seq;
-  // The want is satisfied by a session asked for after it; this session's request and older
-  // ones are done (a redelivery of their parts is ignored).
-  if (index >= p.resync_want) p.resync_want = 0;
-  for (auto& a : p.resync_asked) a.done = a.done || a.index <= index;
+  // The want is satisfied by a session asked for after it (an authoritative want only by an
+  // authoritative session); this session's request and older ones are done (a redelivery of
+  // their parts is ignored).
+  if (a.index >= p.resync_want && (a.authoritative || !p.resync_auth)) {
+    p.resync_want = 0;
+    p.resync_auth = false;
+  }
+  for (auto& x : p.resync_asked) x.done = x.done || x.index <= a.index;
   return {};
 }
 

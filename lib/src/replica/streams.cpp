@@ -74,7 +74,8 @@ std::string asked_to_blob(const std::vector<asked_session>& v) {
   std::vector<std::uint64_t> ids;
   for (const auto& a : v)
     ids.insert(ids.end(),
-               {a.nonce, a.index, a.floor, static_cast<std::uint64_t>(a.at_ms), a.done ? 1u : 0u});
+               {a.nonce, a.index, a.floor, static_cast<std::uint64_t>(a.at_ms),
+                (a.done ? 1u : 0u) | (a.authoritative ? 2u : 0u)});
   return ids_to_blob(ids);
 }
 
@@ -84,7 +85,7 @@ void asked_from_blob(std::string_view b, std::vector<asked_session>& v) {
   v.clear();
   for (std::size_t i = 0; i + 5 <= ids.size(); i += 5)
     v.push_back({ids[i], ids[i + 1], ids[i + 2], static_cast<std::int64_t>(ids[i + 3]),
-                 ids[i + 4] != 0});
+                 (ids[i + 4] & 1) != 0, (ids[i + 4] & 2) != 0});
 }
 
 bool has_gap(const progress& p) { return !p.seen.empty() || p.head > p.checkpoint; }
@@ -137,6 +138,7 @@ std::error_code replica::impl::save_stream(const stream& s, const progress& p) {
   std::string asked = asked_to_blob(p.resync_asked);
   q_stream_put.bind_blob(13, asked.data(), asked.size());
   q_stream_put.bind(14, static_cast<std::int64_t>(p.resync_asks));
+  q_stream_put.bind(15, p.resync_auth ? 1 : 0);
   return q_stream_put.step() == SQLITE_DONE ? std::error_code{}
                                             : make_error_code(errc::sqlite_error);
 }
@@ -170,6 +172,7 @@ std::error_code replica::impl::reload_stream(stream& s) {
   p.resync_want = static_cast<std::uint64_t>(q_stream_get.col_int(10));
   asked_from_blob(q_stream_get.col_blob(11), p.resync_asked);
   p.resync_asks = static_cast<std::uint64_t>(q_stream_get.col_int(12));
+  p.resync_auth = q_stream_get.col_int(13) != 0;
   return {};
 }
 
